@@ -1,0 +1,241 @@
+"""Head/tail split of the teacher distribution, the gaps, AKL weights, per-token diagnostics.
+
+Per token position (p = teacher probs, q = student probs, PAPER.md):
+- sort p descending, cumulative mass c_i = p_(1) + ... + p_(i);
+- head, boundary="reference" (the reference code; default): {i : c_i <= mu} plus the top-1
+  token; the token where c first exceeds mu is in the TAIL.
+  boundary="paper": the smallest prefix with mass >= mu; that token is in the HEAD.
+- g_head = sum over head |p - q|, g_tail = sum over tail |p - q|; w = g_head / (g_head + g_tail),
+  and w = 0.5 where both gaps are 0 (q == p). q is detached: weights carry no gradient.
+
+The head is found from a small top-k of p (LLM distributions put their mass on few tokens);
+only positions whose head is longer than k go on to a larger k and, at last, a full sort.
+Results are identical to a full sort.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ._checks import check_logits, check_temperature, compute_dtype
+from ._dists import Dists, make_dists
+
+BOUNDARIES = ("reference", "paper")
+_TOPK_STAGES = (64, 2048)
+_CHUNK_ELEMENTS = 1 << 21
+
+
+def check_mu(mu: float) -> float:
+    """Return mu as a float, or raise unless 0 < mu < 1."""
+    try:
+        value = float(mu)
+    except (TypeError, ValueError):
+        raise ValueError(f"mu must be a number in (0, 1), got {mu!r}") from None
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"mu must be in (0, 1) (exclusive), got {mu!r}")
+    return value
+
+
+def check_boundary(boundary: str) -> str:
+    """Return boundary, or raise unless it is one of BOUNDARIES."""
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+    return boundary
+
+
+def _head_counts(cum: torch.Tensor, mu: float, boundary: str) -> torch.Tensor:
+    """Head size per row from the cumulative sorted teacher mass `cum` `[R, k]`."""
+    if boundary == "reference":
+        return (cum <= mu).sum(-1).clamp_min(1)
+    return ((cum < mu).sum(-1) + 1).clamp_max(cum.shape[-1])
+
+
+def _head_is_inside(cum_last: torch.Tensor, mu: float, boundary: str) -> torch.Tensor:
+    """True where the head ends within the first k sorted tokens (cum_last = c_k)."""
+    return cum_last > mu if boundary == "reference" else cum_last >= mu
+
+
+@dataclass
+class HeadStats:
+    """Per-row head statistics (`[R]`): g_head, head_size, head_mass; mask `[R, V]` if asked."""
+
+    g_head: torch.Tensor
+    head_size: torch.Tensor
+    head_mass: torch.Tensor
+    mask: torch.Tensor | None = None
+
+
+def head_stats(
+    p: torch.Tensor,
+    q: torch.Tensor,
+    mu: float,
+    boundary: str,
+    want_mask: bool = False,
+    top: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> HeadStats:
+    """Head statistics of teacher probs `p` against student probs `q` (`[R, V]`, no grad).
+
+    Staged: rows whose top-1 token alone decides the head (from `top` = (top prob, token id)
+    `[R]` each, when given), then top-64, then top-2048 for rows whose head is longer, then a
+    full sort for the rest.
+    """
+    rows_total, vocab = p.shape
+    g_head = p.new_zeros(rows_total)
+    head_mass = p.new_zeros(rows_total)
+    head_size = torch.ones(rows_total, dtype=torch.long, device=p.device)
+    mask = torch.zeros(p.shape, dtype=torch.bool, device=p.device) if want_mask else None
+    rows = torch.arange(rows_total, device=p.device)
+    p_left, q_left = p, q
+    if top is not None:
+        top_p, top_idx = top
+        done = _head_is_inside(top_p, mu, boundary) | (vocab == 1)
+        g_head[done] = (top_p - q.gather(-1, top_idx.unsqueeze(-1)).squeeze(-1)).abs()[done]
+        head_mass[done] = top_p[done]
+        if mask is not None:
+            mask[done, top_idx[done]] = True
+        if bool(done.all()):
+            return HeadStats(g_head=g_head, head_size=head_size, head_mass=head_mass, mask=mask)
+        rest = ~done
+        rows, p_left, q_left = rows[rest], p[rest], q[rest]
+    stages = [k for k in _TOPK_STAGES if k < vocab] + [vocab]
+    for k in stages:
+        if k < vocab:
+            vals, idx = torch.topk(p_left, k, dim=-1)
+        else:
+            vals, idx = torch.sort(p_left, dim=-1, descending=True)
+        cum = vals.cumsum(-1)
+        n = _head_counts(cum, mu, boundary)
+        in_head = torch.arange(k, device=p.device) < n.unsqueeze(-1)
+        gaps = torch.where(in_head, (vals - q_left.gather(-1, idx)).abs(), 0.0).sum(-1)
+        mass = cum.gather(-1, (n - 1).unsqueeze(-1)).squeeze(-1)
+        done = (
+            torch.ones_like(n, dtype=torch.bool)
+            if k == vocab
+            else _head_is_inside(cum[:, -1], mu, boundary)
+        )
+        all_done = bool(done.all())
+        sel = slice(None) if all_done else done
+        out_rows = rows[sel]
+        g_head[out_rows] = gaps[sel]
+        head_mass[out_rows] = mass[sel]
+        head_size[out_rows] = n[sel]
+        if mask is not None:
+            mask[out_rows] = mask[out_rows].scatter(-1, idx[sel], in_head[sel])
+        if all_done:
+            break
+        rest = ~done
+        rows, p_left, q_left = rows[rest], p_left[rest], q_left[rest]
+    return HeadStats(g_head=g_head, head_size=head_size, head_mass=head_mass, mask=mask)
+
+
+def gaps_and_weight(
+    d: Dists, mu: float, boundary: str, delta: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, HeadStats]:
+    """g_head, g_tail and the AKL weight w on FKL (`[R]` each) for a chunk; q detached.
+
+    `delta` may pass in q - p when the caller has it already.
+    """
+    q = d.q.detach()
+    stats = head_stats(d.p, q, mu, boundary, top=(d.top_p, d.top_idx))
+    if delta is None:
+        delta = q - d.p
+    total = torch.linalg.vector_norm(delta.detach(), 1, dim=-1)
+    g_tail = (total - stats.g_head).clamp_min(0.0)
+    w = torch.where(total > 0, stats.g_head / total.clamp_min(torch.finfo(total.dtype).tiny), 0.5)
+    return stats.g_head, g_tail, w, stats
+
+
+@dataclass
+class HeadTail:
+    """Per-token head/tail diagnostics; every field has the logits' shape without V. Detached.
+
+    g_head, g_tail: the |p - q| mass on the teacher's head / tail; w: AKL weight on FKL
+    (1 - w goes to RKL); head_size: tokens in the head (int64); head_mass: teacher mass of the
+    head; teacher_entropy, student_entropy: H(p), H(q) in nats.
+    """
+
+    g_head: torch.Tensor
+    g_tail: torch.Tensor
+    w: torch.Tensor
+    head_size: torch.Tensor
+    head_mass: torch.Tensor
+    teacher_entropy: torch.Tensor
+    student_entropy: torch.Tensor
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        """The fields as a dict of tensors."""
+        return asdict(self)
+
+
+def _flat_rows(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    vocab = student_logits.shape[-1]
+    return student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab)
+
+
+@torch.no_grad()
+def head_tail(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    mu: float = 0.5,
+    boundary: str = "reference",
+    temperature: float = 1.0,
+    vocab_size: int | None = None,
+) -> HeadTail:
+    """Per-token head/tail diagnostics for `[..., V]` student and teacher logits.
+
+    p = softmax(teacher / T), q = softmax(student / T). Returns a HeadTail whose tensors have
+    shape `[...]` (float32, or float64 for float64 inputs). No gradients flow.
+    """
+    mu, boundary = check_mu(mu), check_boundary(boundary)
+    temperature = check_temperature(temperature)
+    student_logits, teacher_logits = check_logits(student_logits, teacher_logits, vocab_size)
+    shape = student_logits.shape[:-1]
+    s2, t2 = _flat_rows(student_logits, teacher_logits)
+    dtype = compute_dtype(student_logits.dtype)
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in HeadTail.__dataclass_fields__}
+    step = max(1, _CHUNK_ELEMENTS // s2.shape[-1])
+    for start in range(0, s2.shape[0], step):
+        d = make_dists(
+            s2[start : start + step], t2[start : start + step], temperature, dtype, floored=True
+        )
+        g_head, g_tail, w, stats = gaps_and_weight(d, mu, boundary)
+        parts["g_head"].append(g_head)
+        parts["g_tail"].append(g_tail)
+        parts["w"].append(w)
+        parts["head_size"].append(stats.head_size)
+        parts["head_mass"].append(stats.head_mass)
+        parts["teacher_entropy"].append(-(d.p * d.lp).sum(-1))
+        parts["student_entropy"].append(-(d.q * d.lq).sum(-1))
+    fields = {}
+    for name, chunks in parts.items():
+        if chunks:
+            fields[name] = torch.cat(chunks).reshape(shape)
+        else:
+            kind = torch.long if name == "head_size" else dtype
+            fields[name] = torch.zeros(shape, dtype=kind, device=student_logits.device)
+    return HeadTail(**fields)
+
+
+@torch.no_grad()
+def head_mask(
+    teacher_logits: torch.Tensor,
+    *,
+    mu: float = 0.5,
+    boundary: str = "reference",
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Boolean `[..., V]` mask, True on the teacher's head tokens (p = softmax(teacher / T))."""
+    mu, boundary = check_mu(mu), check_boundary(boundary)
+    temperature = check_temperature(temperature)
+    _, teacher_logits = check_logits(teacher_logits, teacher_logits)
+    t2 = teacher_logits.reshape(-1, teacher_logits.shape[-1])
+    dtype = compute_dtype(teacher_logits.dtype)
+    d = make_dists(t2, t2, temperature, dtype, floored=True)
+    stats = head_stats(d.p, d.p, mu, boundary, want_mask=True, top=(d.top_p, d.top_idx))
+    assert stats.mask is not None
+    return stats.mask.reshape(teacher_logits.shape)

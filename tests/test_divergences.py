@@ -1,0 +1,210 @@
+"""Every divergence against the independent float64 reference: values and student gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd.gradcheck import GradcheckError
+
+import akl_core
+from tests import reference as ref
+from tests.helpers import logits_pair
+
+SHAPES = [(6, 9), (2, 3, 17), (1, 1, 2), (4, 300)]
+SCALES = [0.3, 1.0, 4.0]  # flat, medium, peaked distributions
+TEMPERATURES = [0.7, 1.0, 2.5]
+
+PARAM_CASES = {
+    "fkl": [{}],
+    "rkl": [{}],
+    "fkl_rkl": [{"lam": 0.0}, {"lam": 0.3}, {"lam": 1.0}],
+    "akl": [{}, {"mu": 0.3}, {"mu": 0.8, "boundary": "paper"}, {"boundary": "paper"}],
+    "akl_r": [{}, {"mu": 0.8}],
+    "jsd": [{"beta": 0.0}, {"beta": 0.2}, {"beta": 0.5, "normalized": True}, {"beta": 1.0}],
+    "tvd": [{}],
+    "skl": [{"alpha": 0.0}, {"alpha": 0.1}, {"alpha": 0.6}],
+    "srkl": [{"alpha": 0.0}, {"alpha": 0.1}, {"alpha": 0.6}],
+    "ab": [{"alpha": 0.5, "beta": 0.5}, {"alpha": 0.2, "beta": 0.9}, {"alpha": 1.0, "beta": 0.0},
+           {"alpha": 0.0, "beta": 1.0}, {"alpha": 0.7, "beta": 0.0}, {"alpha": 0.0, "beta": 0.3},
+           {"alpha": 0.0, "beta": 0.0}, {"alpha": 1.0, "beta": 1.0}],
+    "taid": [{"t": 0.0}, {"t": 0.4}, {"t": 1.0}],
+}
+CASES = [(name, params) for name, cases in PARAM_CASES.items() for params in cases]
+
+
+def test_every_registered_loss_is_covered():
+    assert set(PARAM_CASES) == set(akl_core.LOSSES)
+
+
+def _reference_grad(name, student, teacher, temperature, params):
+    zs = student.detach().double().requires_grad_(True)
+    ref.reference_value(name, zs, teacher, temperature, **params).sum().backward()
+    return zs.grad
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=[f"{n}-{p}" for n, p in CASES])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_values_and_gradients_match_reference(name, params, shape):
+    for i, (scale, temperature) in enumerate(zip(SCALES, TEMPERATURES)):
+        student, teacher = logits_pair(shape, seed=i, scale=scale, temperature=temperature)
+        s = student.clone().requires_grad_(True)
+        value = akl_core.divergence(name, s, teacher, temperature=temperature, **params)
+        value.sum().backward()
+        expected = ref.reference_value(name, student, teacher, temperature, **params)
+        assert value.shape == shape[:-1]
+        torch.testing.assert_close(value.double(), expected, rtol=2e-4, atol=2e-5)
+        grad_ref = _reference_grad(name, student, teacher, temperature, params)
+        torch.testing.assert_close(s.grad.double(), grad_ref, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=[f"{n}-{p}" for n, p in CASES])
+def test_float64_matches_reference_tightly(name, params):
+    student, teacher = logits_pair((5, 40), seed=7, scale=2.0, dtype=torch.float64)
+    s = student.clone().requires_grad_(True)
+    value = akl_core.divergence(name, s, teacher, **params)
+    value.sum().backward()
+    expected = ref.reference_value(name, student, teacher, **params)
+    torch.testing.assert_close(value, expected, rtol=1e-9, atol=1e-11)
+    grad_ref = _reference_grad(name, student, teacher, 1.0, params)
+    torch.testing.assert_close(s.grad, grad_ref, rtol=1e-8, atol=1e-11)
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=[f"{n}-{p}" for n, p in CASES])
+def test_masked_vocabulary_entries(name, params):
+    """-inf entries (masked vocabulary, the same in both) contribute 0 and get 0 gradient."""
+    student, teacher = logits_pair((4, 12), seed=3, scale=1.5, masked=3)
+    s = student.clone().requires_grad_(True)
+    value = akl_core.divergence(name, s, teacher, **params)
+    value.sum().backward()
+    assert torch.isfinite(value).all()
+    assert torch.isfinite(s.grad).all()
+    assert (s.grad[:, -3:] == 0).all()
+    live_s, live_t = student[:, :-3], teacher[:, :-3]
+    expected = ref.reference_value(name, live_s, live_t, **params)
+    torch.testing.assert_close(value.double(), expected, rtol=2e-4, atol=2e-5)
+    grad_ref = _reference_grad(name, live_s, live_t, 1.0, params)
+    torch.testing.assert_close(s.grad[:, :-3].double(), grad_ref, rtol=2e-4, atol=2e-5)
+
+
+def test_masked_with_finfo_min_like_huggingface():
+    student, teacher = logits_pair((3, 10), seed=4)
+    fmin = torch.finfo(torch.float32).min
+    student[:, :2] = fmin
+    teacher[:, :2] = fmin
+    for name in akl_core.LOSSES:
+        value = akl_core.divergence(name, student, teacher)
+        expected = ref.reference_value(name, student[:, 2:], teacher[:, 2:])
+        torch.testing.assert_close(value.double(), expected, rtol=2e-4, atol=2e-5)
+
+
+GRADCHECK_CASES = [
+    (name, params) for name, params in CASES if name not in ("akl", "akl_r", "taid")
+]
+
+
+@pytest.mark.parametrize("name,params", GRADCHECK_CASES, ids=[f"{n}-{p}" for n, p in GRADCHECK_CASES])
+def test_gradcheck_float64(name, params):
+    student, teacher = logits_pair((3, 6), seed=11, dtype=torch.float64)
+    s = student.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda z: akl_core.divergence(name, z, teacher, temperature=1.3, **params), (s,)
+    )
+
+
+@pytest.mark.parametrize("name", ["akl", "akl_r", "taid"])
+def test_stop_gradient_losses_are_not_the_full_derivative(name):
+    """AKL's weights and TAID's target are detached by definition, so their gradient is the
+    frozen-weight derivative (checked against the reference above), NOT the full derivative
+    of the value: gradcheck must fail here, which shows the detach is real."""
+    student, teacher = logits_pair((3, 6), seed=11, dtype=torch.float64, scale=2.0)
+    s = student.clone().requires_grad_(True)
+    with pytest.raises(GradcheckError):
+        torch.autograd.gradcheck(lambda z: akl_core.divergence(name, z, teacher), (s,))
+
+
+def test_akl_frozen_weight_finite_differences():
+    """d AKL / dz with w held at its value at z equals central finite differences."""
+    student, teacher = logits_pair((2, 7), seed=5, dtype=torch.float64, scale=2.0)
+    s = student.clone().requires_grad_(True)
+    akl_core.divergence("akl", s, teacher).sum().backward()
+    w = akl_core.head_tail(student, teacher).w
+    fkl = lambda z: akl_core.divergence("fkl", z, teacher)  # noqa: E731
+    rkl = lambda z: akl_core.divergence("rkl", z, teacher)  # noqa: E731
+    eps = 1e-6
+    for r in range(2):
+        for j in range(7):
+            plus, minus = student.clone(), student.clone()
+            plus[r, j] += eps
+            minus[r, j] -= eps
+            frozen = lambda z: w * fkl(z) + (1 - w) * rkl(z)  # noqa: E731
+            fd = (frozen(plus)[r] - frozen(minus)[r]) / (2 * eps)
+            assert abs(float(fd) - float(s.grad[r, j])) < 1e-7
+
+
+def test_akl_gradient_differs_from_attached_weights():
+    """The oracle above could fail: with w attached the gradient is measurably different."""
+    student, teacher = logits_pair((4, 9), seed=6, dtype=torch.float64, scale=2.0)
+    s = student.clone().requires_grad_(True)
+    akl_core.divergence("akl", s, teacher).sum().backward()
+    zs = student.clone().requires_grad_(True)
+    p, q = ref.probs(teacher), ref.probs(zs)
+    head = ref.head_members(p, 0.5, "reference")
+    gaps = (p - q).abs()  # NOT detached: the common bug
+    w = (gaps * head).sum(-1) / gaps.sum(-1)
+    (w * ref.kl(p, q) + (1 - w) * ref.kl(q, p)).sum().backward()
+    assert (s.grad - zs.grad).abs().max() > 1e-4
+
+
+def test_cross_entropy_fkl_bug_would_change_akl_gradient():
+    """Using CE (dropping H(p)) for AKL's FKL term changes the gradient: ours is exact."""
+    student, teacher = logits_pair((4, 9), seed=8, dtype=torch.float64, scale=2.0)
+    p, q = ref.probs(teacher), ref.probs(student)
+    exact = akl_core.divergence("fkl", student, teacher)
+    cross_entropy = -(p * q.log()).sum(-1)
+    torch.testing.assert_close(exact, ref.kl(p, q))
+    assert (exact - cross_entropy).abs().min() > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs_are_computed_in_float32(dtype):
+    student, teacher = logits_pair((3, 4, 50), seed=2, scale=2.0)
+    s16, t16 = student.to(dtype), teacher.to(dtype)
+    for name in akl_core.LOSSES:
+        s = s16.clone().requires_grad_(True)
+        value = akl_core.divergence(name, s, t16)
+        value.sum().backward()
+        assert value.dtype == torch.float32
+        assert s.grad.dtype == dtype
+        expected = ref.reference_value(name, s16.float(), t16.float())
+        torch.testing.assert_close(value.double(), expected, rtol=1e-3, atol=1e-4)
+
+
+def test_teacher_never_gets_gradients():
+    student, teacher = logits_pair((3, 20), seed=1)
+    t = teacher.clone().requires_grad_(True)
+    for name in akl_core.LOSSES:
+        s = student.clone().requires_grad_(True)
+        akl_core.divergence(name, s, t).sum().backward()
+        assert t.grad is None
+        assert s.grad is not None
+
+
+def test_no_grad_inputs_give_plain_values():
+    student, teacher = logits_pair((3, 20), seed=1)
+    value = akl_core.divergence("akl", student, teacher)
+    assert not value.requires_grad
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    student, teacher = logits_pair((8, 1000), seed=9, scale=3.0)
+    for name in akl_core.LOSSES:
+        s_cpu = student.clone().requires_grad_(True)
+        s_gpu = student.cuda().requires_grad_(True)
+        v_cpu = akl_core.divergence(name, s_cpu, teacher)
+        v_gpu = akl_core.divergence(name, s_gpu, teacher.cuda())
+        v_cpu.sum().backward()
+        v_gpu.sum().backward()
+        assert v_gpu.device.type == "cuda"
+        torch.testing.assert_close(v_gpu.cpu(), v_cpu, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(s_gpu.grad.cpu(), s_cpu.grad, rtol=1e-4, atol=1e-5)
