@@ -1,0 +1,584 @@
+"""Plotly figure builders shared by the notebooks and the Streamlit app.
+
+Every builder takes plain data (numpy arrays, lists, or torch tensors on the CPU) and returns a
+`plotly.graph_objects.Figure` with a title, axis labels and a legend. Conventions: p = teacher
+(target) distribution, q = student distribution. A "history" is a mapping with a 'step' array and
+one array per recorded quantity (e.g. `akl_core.toy.TrainResult.history`); objects with a
+`.history` attribute are accepted too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+__all__ = [
+    "LOSS_COLORS",
+    "LABELS",
+    "loss_color",
+    "distribution_figure",
+    "snapshot_panels",
+    "curves_figure",
+    "gap_curves",
+    "divergence_curves",
+    "continuous_fit_figure",
+]
+
+#: Fixed colours per loss so a loss looks the same in every figure.
+LOSS_COLORS: dict[str, str] = {
+    "fkl": "#1f77b4",
+    "rkl": "#d62728",
+    "akl": "#2ca02c",
+    "fkl_rkl": "#9467bd",
+    "akl_r": "#8c564b",
+    "jsd": "#ff7f0e",
+    "tvd": "#e377c2",
+    "skl": "#17becf",
+    "srkl": "#bcbd22",
+    "ab": "#7f7f7f",
+    "taid": "#393b79",
+}
+_FALLBACK = ["#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354"]
+TARGET_COLOR = "#444444"
+HEAD_COLOR = "rgba(255, 200, 0, 0.18)"
+
+#: Human-readable names of recorded quantities, used for axis labels.
+LABELS: dict[str, str] = {
+    "fkl": "KL(p||q) (forward)",
+    "rkl": "KL(q||p) (reverse)",
+    "akl": "AKL",
+    "fkl_rkl": "FKL+RKL",
+    "jsd": "JSD",
+    "tvd": "TVD",
+    "skl": "skew KL",
+    "srkl": "skew reverse KL",
+    "ab": "AB divergence",
+    "taid": "TAID",
+    "akl_r": "AKL (weights swapped)",
+    "loss": "training loss",
+    "g_head": "head gap g_head",
+    "g_tail": "tail gap g_tail",
+    "w": "AKL weight w on FKL",
+}
+
+
+def loss_color(name: str, index: int = 0) -> str:
+    """The colour of a loss (by name; unknown names get a fallback colour by `index`)."""
+    base = name.split(" ")[0].split("(")[0].lower()
+    return LOSS_COLORS.get(base, _FALLBACK[index % len(_FALLBACK)])
+
+
+def _arr(values: Any, label: str) -> np.ndarray:
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{label} must be 1-d, got shape {arr.shape}")
+    return arr
+
+
+def _history(h: Any, label: str) -> Mapping[str, Any]:
+    hist = getattr(h, "history", h)
+    if not isinstance(hist, Mapping) or "step" not in hist:
+        raise ValueError(f"history {label!r} must be a mapping with a 'step' entry")
+    return hist
+
+
+def _head_runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Index runs [(start, end_inclusive)] where mask is True."""
+    runs: list[tuple[int, int]] = []
+    start = None
+    for i, flag in enumerate(mask):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            runs.append((start, i - 1))
+            start = None
+    if start is not None:
+        runs.append((start, len(mask) - 1))
+    return runs
+
+
+def _add_head(fig: go.Figure, x: np.ndarray, head_mask: Any, *, row: int | None = None,
+              col: int | None = None, legend: bool = True) -> None:
+    """Shade the teacher's head bins and add a legend entry for them."""
+    mask = np.asarray(head_mask.cpu() if hasattr(head_mask, "cpu") else head_mask, dtype=bool)
+    if mask.shape != x.shape:
+        raise ValueError(f"head_mask has shape {mask.shape} but x has {x.shape}")
+    half = np.diff(x).min() / 2 if x.size > 1 else 0.5
+    kw = {} if row is None else {"row": row, "col": col}
+    for a, b in _head_runs(mask):
+        fig.add_vrect(x0=x[a] - half, x1=x[b] + half, fillcolor=HEAD_COLOR, line_width=0,
+                      layer="below", **kw)
+    if legend:
+        fig.add_trace(
+            go.Scatter(x=[None], y=[None], mode="markers", name="teacher head (shaded)",
+                       marker={"symbol": "square", "size": 12, "color": "rgba(255,200,0,0.5)"},
+                       legendgroup="head", showlegend=True),
+            **kw,
+        )
+
+
+def distribution_figure(
+    x: Any,
+    target: Any,
+    students: Mapping[str, Any] | None = None,
+    *,
+    head_mask: Any = None,
+    log_y: bool = False,
+    title: str = "Teacher p and student q",
+    xlabel: str = "bin position x",
+    ylabel: str = "probability",
+    target_label: str = "teacher p",
+) -> go.Figure:
+    """One panel: the target p [V] as bars and each student q [V] as a line.
+
+    head_mask [V] (bool) shades the teacher's head bins, marking the head/tail boundary.
+    log_y=True puts the y axis on a log scale (to see the tail).
+    """
+    xs = _arr(x, "x")
+    p = _arr(target, "target")
+    if p.shape != xs.shape:
+        raise ValueError(f"target has {p.size} bins but x has {xs.size}")
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=xs, y=p, name=target_label, marker_color=TARGET_COLOR, opacity=0.45))
+    for i, (label, q) in enumerate((students or {}).items()):
+        qa = _arr(q, f"student {label!r}")
+        if qa.shape != xs.shape:
+            raise ValueError(f"student {label!r} has {qa.size} bins but x has {xs.size}")
+        fig.add_trace(go.Scatter(x=xs, y=qa, mode="lines+markers", name=label,
+                                 line={"color": loss_color(label, i)}, marker={"size": 4}))
+    if head_mask is not None:
+        _add_head(fig, xs, head_mask)
+    fig.update_layout(title={"text": title}, xaxis_title=xlabel, yaxis_title=ylabel,
+                      legend_title_text="distribution", bargap=0.05)
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def snapshot_panels(
+    x: Any,
+    target: Any,
+    runs: Mapping[str, Mapping[int, Any]],
+    steps: Sequence[int] | None = None,
+    *,
+    head_mask: Any = None,
+    log_y: bool = False,
+    title: str = "Student q at selected steps",
+    xlabel: str = "bin position x",
+    ylabel: str = "probability",
+    target_label: str = "teacher p",
+) -> go.Figure:
+    """One panel per step: the target p and, per run (e.g. per loss), its snapshot q at that step.
+
+    runs: {label: {step: q [V]}} (e.g. {loss: TrainResult.snapshots}); steps defaults to every
+    step present in all runs. Legends are shared across panels (one entry per run).
+    """
+    xs = _arr(x, "x")
+    p = _arr(target, "target")
+    if p.shape != xs.shape:
+        raise ValueError(f"target has {p.size} bins but x has {xs.size}")
+    if not runs:
+        raise ValueError("runs is empty: nothing to plot")
+    if steps is None:
+        common = set.intersection(*(set(map(int, r)) for r in runs.values()))
+        steps = sorted(common)
+    steps = [int(s) for s in steps]
+    if not steps:
+        raise ValueError("no step is present in every run; pass steps explicitly")
+    for label, snaps in runs.items():
+        missing = [s for s in steps if s not in snaps]
+        if missing:
+            raise ValueError(f"run {label!r} has no snapshot at steps {missing}")
+    fig = make_subplots(rows=1, cols=len(steps), shared_yaxes=True,
+                        subplot_titles=[f"step {s}" for s in steps], horizontal_spacing=0.03)
+    for c, step in enumerate(steps, start=1):
+        first = c == 1
+        fig.add_trace(go.Scatter(x=xs, y=p, mode="lines", name=target_label,
+                                 line={"color": TARGET_COLOR, "width": 3, "dash": "dot"},
+                                 legendgroup="target", showlegend=first), row=1, col=c)
+        for i, (label, snaps) in enumerate(runs.items()):
+            q = _arr(snaps[step], f"snapshot {label!r} step {step}")
+            if q.shape != xs.shape:
+                raise ValueError(f"snapshot {label!r} step {step} has {q.size} bins, x {xs.size}")
+            fig.add_trace(go.Scatter(x=xs, y=q, mode="lines", name=label,
+                                     line={"color": loss_color(label, i)}, legendgroup=label,
+                                     showlegend=first), row=1, col=c)
+        if head_mask is not None:
+            _add_head(fig, xs, head_mask, row=1, col=c, legend=first)
+        fig.update_xaxes(title_text=xlabel, row=1, col=c)
+    fig.update_yaxes(title_text=ylabel, row=1, col=1)
+    if log_y:
+        fig.update_yaxes(type="log")
+    fig.update_layout(title={"text": title}, legend_title_text="distribution",
+                      height=380, width=max(600, 320 * len(steps)))
+    return fig
+
+
+def _add_curves(fig: go.Figure, histories: Mapping[str, Any], key: str, *, row: int | None,
+                col: int | None, show_legend: bool) -> None:
+    kw = {} if row is None else {"row": row, "col": col}
+    for i, (label, h) in enumerate(histories.items()):
+        hist = _history(h, label)
+        if key not in hist:
+            raise ValueError(f"history {label!r} has no {key!r}; it has {sorted(hist)}")
+        steps = _arr(hist["step"], "step")
+        values = _arr(hist[key], key)
+        if steps.shape != values.shape:
+            raise ValueError(f"history {label!r}: 'step' and {key!r} differ in length")
+        fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=label,
+                                 line={"color": loss_color(label, i)}, legendgroup=label,
+                                 showlegend=show_legend), **kw)
+
+
+def curves_figure(
+    histories: Mapping[str, Any],
+    key: str,
+    *,
+    log_y: bool = False,
+    title: str | None = None,
+    ylabel: str | None = None,
+    xlabel: str = "step",
+) -> go.Figure:
+    """One line per run of history[key] over history['step'] (histories: {label: history})."""
+    if not histories:
+        raise ValueError("histories is empty: nothing to plot")
+    fig = go.Figure()
+    _add_curves(fig, histories, key, row=None, col=None, show_legend=True)
+    name = LABELS.get(key, key)
+    fig.update_layout(title={"text": title or f"{name} over training steps"},
+                      xaxis_title=xlabel, yaxis_title=ylabel or name, legend_title_text="loss")
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def divergence_curves(
+    histories: Mapping[str, Any], key: str = "fkl", *, log_y: bool = True,
+    title: str | None = None,
+) -> go.Figure:
+    """A recorded divergence (default KL(p||q)) over steps, one line per loss; log y by default."""
+    name = LABELS.get(key, key)
+    return curves_figure(histories, key, log_y=log_y, ylabel=name,
+                         title=title or f"{name} between teacher and student over steps")
+
+
+def gap_curves(
+    histories: Mapping[str, Any],
+    *,
+    keys: Sequence[str] = ("g_head", "g_tail"),
+    log_y: bool = False,
+    title: str = "Head and tail gaps over training steps",
+) -> go.Figure:
+    """Side-by-side panels (one per key, default g_head and g_tail), one line per loss."""
+    if not histories:
+        raise ValueError("histories is empty: nothing to plot")
+    keys = list(keys)
+    fig = make_subplots(rows=1, cols=len(keys), subplot_titles=[LABELS.get(k, k) for k in keys],
+                        horizontal_spacing=0.08)
+    for c, key in enumerate(keys, start=1):
+        _add_curves(fig, histories, key, row=1, col=c, show_legend=c == 1)
+        fig.update_xaxes(title_text="step", row=1, col=c)
+        fig.update_yaxes(title_text=LABELS.get(key, key), row=1, col=c)
+    if log_y:
+        fig.update_yaxes(type="log")
+    fig.update_layout(title={"text": title}, legend_title_text="loss", height=380)
+    return fig
+
+
+def continuous_fit_figure(
+    x: Any,
+    target_density: Any,
+    fits: Mapping[str, Any],
+    *,
+    title: str = "One Gaussian fitted to a Gaussian mixture",
+    xlabel: str = "x",
+    ylabel: str = "density",
+    target_label: str = "target p (mixture)",
+) -> go.Figure:
+    """The continuous target density [G] (filled) and each fitted density [G] as a line.
+
+    fits: {label: density [G]} or {label: object with a `.fitted` array} (e.g. GaussianFit).
+    """
+    xs = _arr(x, "x")
+    p = _arr(target_density, "target_density")
+    if p.shape != xs.shape:
+        raise ValueError(f"target_density has {p.size} points but x has {xs.size}")
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=xs, y=p, mode="lines", name=target_label, fill="tozeroy",
+                             line={"color": TARGET_COLOR}))
+    for i, (label, fit) in enumerate(fits.items()):
+        dens = _arr(getattr(fit, "fitted", fit), f"fit {label!r}")
+        if dens.shape != xs.shape:
+            raise ValueError(f"fit {label!r} has {dens.size} points but x has {xs.size}")
+        fig.add_trace(go.Scatter(x=xs, y=dens, mode="lines", name=label,
+                                 line={"color": loss_color(label, i), "width": 3}))
+    fig.update_layout(title={"text": title}, xaxis_title=xlabel, yaxis_title=ylabel,
+                      legend_title_text="distribution")
+    return fig
+
+
+def topk_figure(
+    teacher_topk: Sequence[Sequence[Any]],
+    student_topk: Sequence[Sequence[Any]] | None = None,
+    *,
+    head_size: int | None = None,
+    title: str = "Teacher p and student q: top-k next tokens",
+) -> go.Figure:
+    """Side-by-side horizontal bars of the teacher's and the student's top-k next tokens.
+
+    teacher_topk / student_topk: [(token_string, probability), ...], most probable first (as in
+    akl_core.distill.ProbeRecord). head_size: the teacher's head size |H| at this position; the
+    teacher's first |H| tokens are drawn as head (gold) and a dashed line marks the head/tail
+    boundary; student tokens that are in the teacher's head are drawn gold too (when |H| <= k).
+    """
+    panels = [("teacher p", teacher_topk)] + ([("student q", student_topk)]
+                                              if student_topk is not None else [])
+    for label, rows in panels:
+        if not rows:
+            raise ValueError(f"{label}: top-k list is empty")
+    head_tokens: set[str] = set()
+    if head_size is not None:
+        if head_size < 0:
+            raise ValueError(f"head_size must be >= 0, got {head_size}")
+        head_tokens = {str(tok) for tok, _ in list(teacher_topk)[:head_size]}
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels],
+                        horizontal_spacing=0.18)
+    gold, grey = "rgba(230, 170, 0, 0.9)", "rgba(120, 120, 120, 0.8)"
+    for c, (label, rows) in enumerate(panels, start=1):
+        toks = [repr(str(t))[1:-1] or "(empty)" for t, _ in rows]
+        probs = [float(p) for _, p in rows]
+        ranks = [f"{i + 1}. {t}" for i, t in enumerate(toks)]
+        colors = [gold if str(t) in head_tokens else grey for t, _ in rows]
+        fig.add_trace(go.Bar(x=probs, y=ranks, orientation="h", marker_color=colors,
+                             name=label, showlegend=False,
+                             hovertemplate="%{y}: p = %{x:.4f}<extra>" + label + "</extra>"),
+                      row=1, col=c)
+        fig.update_yaxes(autorange="reversed", row=1, col=c)
+        fig.update_xaxes(title_text="probability", row=1, col=c)
+    if head_size is not None and 0 < head_size < len(teacher_topk):
+        fig.add_hline(y=head_size - 0.5, line_dash="dash", line_color="black", row=1, col=1,
+                      annotation_text=f"head/tail boundary (|H| = {head_size})",
+                      annotation_position="bottom right")
+    for name, color in (("teacher head", gold), ("tail", grey)):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name,
+                                 marker={"symbol": "square", "size": 12, "color": color}),
+                      row=1, col=1)
+    fig.update_layout(title={"text": title}, legend_title_text="token in", barmode="overlay",
+                      height=120 + 28 * max(len(r) for _, r in panels))
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Short distillation (level 3): evaluation scores and generations side by side
+# ----------------------------------------------------------------------------------------------
+
+EVAL_LABELS: dict[str, str] = {
+    "rougeL_teacher": "Rouge-L vs teacher responses",
+    "rougeL_gold": "Rouge-L vs gold references",
+    "distinct_1": "distinct-1",
+    "distinct_2": "distinct-2",
+    "mean_words": "mean length (words)",
+}
+
+
+def eval_figure(
+    scores: Mapping[str, Mapping[str, Any]],
+    *,
+    teacher: Mapping[str, Any] | None = None,
+    metrics: Sequence[str] = ("rougeL_teacher", "distinct_2"),
+    title: str = "Evaluation by generation (greedy) on held-out prompts",
+) -> go.Figure:
+    """One panel per metric, one bar per run (scores: {label: akl_core.evaluate scores}); the
+    teacher's own value, when given and defined, is a dashed line for scale."""
+    if not scores:
+        raise ValueError("scores is empty: nothing to plot")
+    metrics = [m for m in metrics if any(s.get(m) is not None for s in scores.values())]
+    if not metrics:
+        raise ValueError("none of the requested metrics has a value")
+    fig = make_subplots(rows=1, cols=len(metrics),
+                        subplot_titles=[EVAL_LABELS.get(m, m) for m in metrics],
+                        horizontal_spacing=0.1)
+    labels = list(scores)
+    for c, m in enumerate(metrics, start=1):
+        vals = [scores[k].get(m) for k in labels]
+        fig.add_trace(go.Bar(x=labels, y=[np.nan if v is None else v for v in vals],
+                             marker_color=[loss_color(k, i) for i, k in enumerate(labels)],
+                             text=[("-" if v is None else f"{v:.3g}") for v in vals],
+                             textposition="outside", showlegend=False,
+                             name=EVAL_LABELS.get(m, m)), row=1, col=c)
+        ref = None if teacher is None else teacher.get(m)
+        if ref is not None and not (m == "rougeL_teacher"):
+            fig.add_hline(y=float(ref), line_dash="dash", line_color=TARGET_COLOR, row=1, col=c,
+                          annotation_text=f"teacher {float(ref):.3g}",
+                          annotation_position="top left")
+        fig.update_xaxes(title_text="student trained with", row=1, col=c)
+        fig.update_yaxes(title_text=EVAL_LABELS.get(m, m), row=1, col=c)
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="teacher (for scale)",
+                             line={"dash": "dash", "color": TARGET_COLOR}), row=1, col=1)
+    fig.update_layout(title={"text": title}, legend_title_text="reference", height=420)
+    return fig
+
+
+def generations_table(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    *,
+    title: str = "Generations side by side",
+    max_chars: int = 400,
+) -> go.Figure:
+    """A table figure: one row per prompt, one column per key of `columns` (e.g. 'instruction',
+    'teacher', 'fkl', 'akl'); long texts are cut to `max_chars`."""
+    if not rows:
+        raise ValueError("rows is empty: nothing to show")
+    if not columns:
+        raise ValueError("columns is empty")
+
+    def cell(v: Any) -> str:
+        text = "" if v is None else str(v)
+        return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+    values = [[cell(r.get(c)) for r in rows] for c in columns]
+    fig = go.Figure(go.Table(
+        header={"values": [f"<b>{c}</b>" for c in columns], "align": "left",
+                "fill_color": "#e8e8e8"},
+        cells={"values": values, "align": "left", "height": 24},
+    ))
+    fig.update_layout(title={"text": title}, height=min(1400, 160 + 150 * len(rows)))
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Real LLM distributions (notebook 02): per-position statistics, tokens coloured by a value
+# ----------------------------------------------------------------------------------------------
+
+LABELS.setdefault("head_size", "teacher head size |H|")
+LABELS.setdefault("head_mass", "teacher head mass")
+LABELS.setdefault("teacher_entropy", "teacher entropy H(p) (nats)")
+LABELS.setdefault("student_entropy", "student entropy H(q) (nats)")
+
+
+def visible_token(token: str) -> str:
+    """A token string made printable for figures: newlines as ↵, tabs as →, empty as ∅."""
+    text = str(token).replace("\n", "↵").replace("\t", "→")
+    return text if text.strip() else (text.replace(" ", "·") or "∅")
+
+
+def position_stats_figure(
+    stats: Mapping[str, Any],
+    *,
+    keys: Sequence[str] = ("head_size", "head_mass", "teacher_entropy"),
+    tokens: Sequence[str] | None = None,
+    log_keys: Sequence[str] = ("head_size",),
+    title: str = "Teacher next-token distributions along a response",
+) -> go.Figure:
+    """Stacked panels sharing the x axis (token position): one line per key of `stats`.
+
+    stats: {key: values [T]} (e.g. akl_core.head_tail(...).to_dict() for one sequence);
+    tokens [T]: the token predicted at each position, shown on hover. Keys in `log_keys` get a
+    log y axis (head sizes span 1 to thousands).
+    """
+    keys = list(keys)
+    if not keys:
+        raise ValueError("keys is empty: nothing to plot")
+    arrays = {}
+    for key in keys:
+        if key not in stats:
+            raise ValueError(f"stats has no {key!r}; it has {sorted(stats)}")
+        arrays[key] = _arr(stats[key], key).astype(float).reshape(-1)
+    n = {a.size for a in arrays.values()}
+    if len(n) != 1:
+        raise ValueError(f"stats arrays differ in length: { {k: a.size for k, a in arrays.items()} }")
+    length = n.pop()
+    if tokens is not None and len(tokens) != length:
+        raise ValueError(f"{len(tokens)} tokens for {length} positions")
+    hover = [visible_token(t) for t in tokens] if tokens is not None else None
+    fig = make_subplots(rows=len(keys), cols=1, shared_xaxes=True, vertical_spacing=0.04,
+                        subplot_titles=[LABELS.get(k, k) for k in keys])
+    x = np.arange(length)
+    for r, key in enumerate(keys, start=1):
+        fig.add_trace(go.Scatter(
+            x=x, y=arrays[key], mode="lines+markers", name=LABELS.get(key, key),
+            marker={"size": 4}, text=hover,
+            hovertemplate=("token %{text}<br>" if hover else "") + "position %{x}: %{y:.4g}"
+            + "<extra></extra>",
+        ), row=r, col=1)
+        fig.update_yaxes(title_text=key, row=r, col=1,
+                         type="log" if key in log_keys else None)
+    fig.update_xaxes(title_text="position in the response (token index)", row=len(keys), col=1)
+    fig.update_layout(title={"text": title}, legend_title_text="quantity",
+                      height=140 + 190 * len(keys))
+    return fig
+
+
+def head_size_histogram(
+    head_sizes: Any,
+    *,
+    title: str = "How many tokens make up the teacher's head?",
+    max_bins: int = 40,
+) -> go.Figure:
+    """Histogram of head sizes |H| over positions, on log-spaced bins (|H| >= 1)."""
+    sizes = _arr(head_sizes, "head_sizes").astype(float).reshape(-1)
+    if sizes.size == 0:
+        raise ValueError("head_sizes is empty")
+    if (sizes < 1).any():
+        raise ValueError("head sizes must be >= 1 (the top-1 token is always in the head)")
+    top = max(2.0, float(sizes.max()) + 1)
+    edges = np.unique(np.floor(np.geomspace(1, top, num=max_bins)).astype(int))
+    edges = np.append(edges, int(top) + 1) if edges[-1] <= sizes.max() else edges
+    counts, _ = np.histogram(sizes, bins=edges)
+    labels = [str(a) if b - a == 1 else f"{a}-{b - 1}" for a, b in zip(edges[:-1], edges[1:])]
+    keep = counts > 0
+    fig = go.Figure(go.Bar(x=np.array(labels)[keep], y=counts[keep], name="positions",
+                           marker_color=TARGET_COLOR))
+    fig.update_layout(title={"text": title}, xaxis_title="head size |H| (tokens)",
+                      yaxis_title="number of positions", legend_title_text="count",
+                      showlegend=True)
+    return fig
+
+
+def token_values_figure(
+    tokens: Sequence[str],
+    values: Any,
+    *,
+    per_row: int = 12,
+    value_label: str = "AKL weight w on FKL",
+    zmin: float | None = 0.0,
+    zmax: float | None = 1.0,
+    colorscale: str = "RdBu_r",
+    title: str = "Tokens coloured by the AKL weight",
+) -> go.Figure:
+    """Text laid out as a grid of tokens (reading order), each cell coloured by its value.
+
+    tokens [T] and values [T] (e.g. head_tail(...).w for the response tokens). With the default
+    scale red = high (head error dominates, AKL leans on FKL), blue = low (tail error, RKL).
+    """
+    vals = _arr(values, "values").astype(float).reshape(-1)
+    if len(tokens) != vals.size:
+        raise ValueError(f"{len(tokens)} tokens but {vals.size} values")
+    if vals.size == 0:
+        raise ValueError("no tokens to show")
+    if per_row < 1:
+        raise ValueError(f"per_row must be >= 1, got {per_row}")
+    rows = -(-vals.size // per_row)
+    z = np.full((rows, per_row), np.nan)
+    text = np.full((rows, per_row), "", dtype=object)
+    for i, (tok, v) in enumerate(zip(tokens, vals)):
+        z[i // per_row, i % per_row] = v
+        text[i // per_row, i % per_row] = visible_token(tok)
+    fig = go.Figure(go.Heatmap(
+        z=z, text=text, texttemplate="%{text}", textfont={"size": 12},
+        colorscale=colorscale, zmin=zmin, zmax=zmax, xgap=2, ygap=2,
+        colorbar={"title": {"text": value_label}}, name=value_label, showscale=True,
+        hovertemplate="%{text}: %{z:.3f}<extra></extra>",
+    ))
+    fig.update_xaxes(showticklabels=False, title_text="tokens in reading order (left to right)")
+    fig.update_yaxes(autorange="reversed", showticklabels=False, title_text="line")
+    fig.update_layout(title={"text": title}, height=140 + 34 * rows,
+                      width=max(600, 80 * per_row), legend_title_text=value_label)
+    return fig

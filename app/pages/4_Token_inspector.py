@@ -1,0 +1,118 @@
+"""Token inspector: the teacher's next-token distribution at every position of a pasted text
+(head size, head mass, entropy) and, with a student, every divergence per token.
+
+Diagnostics come from akl_core (app/inspector.py is a forward pass plus akl_core calls);
+figures from akl_core.viz.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+from inspector import text_diagnostics
+from ui_common import (
+    cached_student,
+    default_teacher_spec,
+    get_teacher,
+    loss_picker,
+    page_setup,
+    show_errors,
+    token_strip_html,
+)
+
+import akl_core
+from akl_core import viz
+
+page_setup("Token inspector")
+
+SAMPLE = (
+    "Knowledge distillation trains a small student model to imitate a large teacher. "
+    "The capital of France is Paris, and the Eiffel Tower was finished in 1889."
+)
+LIVE_STUDENT = "(the student of my last live run)"
+
+with st.sidebar:
+    st.header("Models")
+    teacher_spec = st.text_input("Teacher", default_teacher_spec(), key="insp_teacher",
+                                 placeholder="bundled (SmolLM2-135M-Instruct)")
+    live = st.session_state.get("live")
+    live_view = live.view() if live is not None else None
+    live_student = (live_view.info.get("student")
+                    if live_view is not None and not live_view.active else None)
+    options = ["(none)", "truncate:4", "tiny", "other..."]
+    if live_student is not None:
+        options.insert(1, LIVE_STUDENT)
+    student_choice = st.selectbox("Student", options, key="insp_student_choice",
+                                  help="Optional: a student to compare with the teacher.")
+    student_other = ""
+    if student_choice == "other...":
+        student_other = st.text_input("Student spec (truncate:K, tiny, name or folder)", "",
+                                      key="insp_student_other")
+    st.header("Head / tail")
+    mu = st.number_input("mu (head mass)", min_value=0.0, max_value=1.0, value=0.5, step=0.05,
+                         key="insp_mu")
+    boundary = st.selectbox("boundary", list(akl_core.BOUNDARIES), key="insp_boundary")
+    temperature = st.number_input("Temperature", min_value=0.0, max_value=100.0, value=1.0,
+                                  step=0.1, key="insp_temperature")
+    topk = st.number_input("Top-k", min_value=1, max_value=50, value=10, key="insp_topk")
+    st.header("Chosen loss (with a student)")
+    loss, loss_params = loss_picker(key="insp", container=st.sidebar)
+
+text = st.text_area("Text", SAMPLE, height=120, key="insp_text")
+
+diag = None
+with show_errors("Cannot inspect"):
+    teacher = get_teacher(teacher_spec.strip())
+    student = None
+    if student_choice == LIVE_STUDENT:
+        student = live_student
+    elif student_choice == "other...":
+        if not student_other.strip():
+            raise ValueError("enter a student spec, or pick (none)")
+        student = cached_student(teacher_spec.strip(), student_other.strip())
+    elif student_choice != "(none)":
+        student = cached_student(teacher_spec.strip(), student_choice)
+    params = akl_core.resolve_params(loss, **loss_params)
+    with st.spinner("Running the models over the text..."):
+        diag = text_diagnostics(
+            teacher, text, student=student, loss=loss, loss_params=params, mu=float(mu),
+            boundary=boundary, temperature=float(temperature), topk=int(topk),
+        )
+
+if diag is not None:
+    positions = list(range(len(diag.tokens)))
+    teacher_hist = {"teacher": {"step": positions, "head_size": diag.head_size,
+                                "head_mass": diag.head_mass,
+                                "teacher_entropy": diag.teacher_entropy}}
+    fig = viz.gap_curves(teacher_hist, keys=("head_size", "head_mass", "teacher_entropy"),
+                         title=f"Teacher next-token distribution along the text (mu = {mu:g})")
+    fig.update_xaxes(title_text="position (predicting the token there)")
+    fig.update_layout(legend_title_text="model", showlegend=False)
+    st.plotly_chart(fig, key="insp_teacher_curves")
+
+    metrics = {"head_size": diag.head_size, "head_mass": diag.head_mass,
+               "teacher_entropy": diag.teacher_entropy}
+    if diag.w is not None:
+        metrics.update(w=diag.w, g_head=diag.g_head, g_tail=diag.g_tail,
+                       student_entropy=diag.student_entropy, **diag.divergences)
+    c1, c2 = st.columns([2, 1])
+    metric = c2.selectbox("Colour tokens by", list(metrics), key="insp_metric")
+    pick = c2.selectbox("Pick a token", positions, key="insp_token",
+                        format_func=lambda i: f"{i}: {diag.tokens[i]!r}")
+    hover_keys = ["head_size", "head_mass", "teacher_entropy", "w", f"{loss} (chosen)"]
+    hover = {k: metrics[k] for k in hover_keys if k in metrics}
+    with c1:
+        st.html(token_strip_html(diag.tokens, metrics[metric], metric=metric, hover=hover,
+                                 selected=pick, lo=0.0 if metric == "w" else None,
+                                 hi=1.0 if metric == "w" else None))
+    if pick is not None:
+        st.plotly_chart(
+            viz.topk_figure(diag.teacher_topk[pick],
+                            diag.student_topk[pick] if diag.student_topk else None,
+                            head_size=diag.head_size[pick],
+                            title=f"Position {pick}: next token {diag.tokens[pick]!r}"),
+            key="insp_topk_chart",
+        )
+    if diag.divergences:
+        rows = [{"divergence": name, "mean over positions": sum(v) / len(v),
+                 f"at position {pick}": v[pick]} for name, v in diag.divergences.items()]
+        st.dataframe(rows, hide_index=True, key="insp_div_table")

@@ -1,0 +1,274 @@
+"""Shared UI glue for the AKL Explorer pages (no losses or figures are computed here).
+
+Everything numeric comes from akl_core; figures come from akl_core.viz. This module only
+turns the loss registry into widgets, shows errors as messages, colours token strings for
+HTML display and caches models once per process with st.cache_resource.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import streamlit as st
+
+TEACHER_ENV = "AKL_APP_TEACHER"
+STUDENT_ENV = "AKL_APP_STUDENT"
+RUNS_ENV = "AKL_APP_RUNS_DIR"
+DEFAULT_STUDENT = "truncate:4"
+
+
+def page_setup(title: str) -> None:
+    """Common page config and title (wide layout)."""
+    st.set_page_config(page_title=f"AKL Explorer: {title}", layout="wide")
+    st.title(title)
+
+
+def default_teacher_spec() -> str:
+    """Teacher spec shown by default: $AKL_APP_TEACHER, else "" (= the bundled model)."""
+    return os.environ.get(TEACHER_ENV, "")
+
+
+def default_student_spec() -> str:
+    """Student spec shown by default: $AKL_APP_STUDENT, else truncate:4."""
+    return os.environ.get(STUDENT_ENV, DEFAULT_STUDENT)
+
+
+def runs_root() -> str | None:
+    """Folder where the app writes runs: $AKL_APP_RUNS_DIR, else None (akl_core's default)."""
+    return os.environ.get(RUNS_ENV) or None
+
+
+def default_response_tokens() -> int:
+    """Length bound of the committed teacher responses (so they are reused, not regenerated);
+    DistillConfig's default when no committed file exists."""
+    from akl_core import data
+    from akl_core.distill import DistillConfig
+
+    try:
+        meta = json.loads(data.RESPONSES_META.read_text())
+        return int(meta["settings"]["max_new_tokens"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return DistillConfig().response_tokens
+
+
+def error_message(exc: BaseException) -> str:
+    """One clear line for the user: ValueError/FileNotFoundError text as is, else with its type."""
+    text = str(exc).strip() or exc.__class__.__name__
+    if isinstance(exc, (ValueError, FileNotFoundError, KeyError, OSError, RuntimeError)):
+        return text if not isinstance(exc, KeyError) else f"Not found: {text}"
+    return f"{exc.__class__.__name__}: {text}"
+
+
+@contextmanager
+def show_errors(what: str = "") -> Iterator[None]:
+    """Turn any exception inside the block into an st.error message (never a traceback).
+
+    Streamlit's own control-flow exceptions (rerun, stop) derive from BaseException and
+    pass through untouched.
+    """
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - shown to the user, the app keeps working
+        prefix = f"{what}: " if what else ""
+        st.error(prefix + error_message(exc))
+
+
+# --------------------------------------------------------------------------- models
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def cached_teacher(spec: str) -> Any:
+    """Load a teacher once per process ("" = the bundled default). Shared, read-only."""
+    from akl_core.models import load_teacher
+
+    bundle = load_teacher(spec or None)
+    bundle.model.eval()
+    for param in bundle.model.parameters():
+        param.requires_grad_(False)
+    return bundle
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def cached_student(teacher_spec: str, student_spec: str, seed: int = 0) -> Any:
+    """An untrained student (read-only, shared) for inspection, built against the teacher."""
+    from akl_core.models import load_student
+
+    bundle = load_student(student_spec, cached_teacher(teacher_spec), seed=seed)
+    bundle.model.eval()
+    return bundle
+
+
+def get_teacher(spec: str) -> Any:
+    """The cached teacher with a spinner the first time (conversion can take ~30 s)."""
+    label = spec or "the bundled default teacher"
+    with st.spinner(f"Loading {label} (first time only)..."):
+        return cached_teacher(spec.strip())
+
+
+# --------------------------------------------------------------------------- loss widgets
+
+
+def loss_names() -> list[str]:
+    """Loss names from the registry, in registry order."""
+    import akl_core
+
+    return list(akl_core.LOSSES)
+
+
+def _is_bool(spec: Any) -> bool:
+    return isinstance(spec.default, bool) or (
+        spec.choices is not None and set(spec.choices) <= {True, False}
+    )
+
+
+def param_widget(spec: Any, *, key: str, container: Any = None) -> Any:
+    """One widget for a registry ParamSpec: range, default and help from the registry.
+
+    Floats/ints with bounds -> number_input(min_value=low, max_value=high); strings with
+    choices -> selectbox; bools -> checkbox. Exclusive bounds are validated afterwards by
+    akl_core.resolve_params, which raises a clear ValueError.
+    """
+    box = container if container is not None else st
+    label = spec.name
+    help_text = spec.description or None
+    if _is_bool(spec):
+        return box.checkbox(label, value=bool(spec.default), key=key, help=help_text)
+    if spec.choices is not None:
+        choices = list(spec.choices)
+        index = choices.index(spec.default) if spec.default in choices else 0
+        return box.selectbox(label, choices, index=index, key=key, help=help_text)
+    if isinstance(spec.default, int):
+        low = int(spec.low) if spec.low is not None else None
+        high = int(spec.high) if spec.high is not None else None
+        return box.number_input(
+            label, min_value=low, max_value=high, value=int(spec.default), step=1, key=key,
+            help=help_text,
+        )
+    low = float(spec.low) if spec.low is not None else None
+    high = float(spec.high) if spec.high is not None else None
+    default = 0.0 if spec.default is None else float(spec.default)
+    return box.number_input(
+        label, min_value=low, max_value=high, value=default, step=0.05, format="%.3f", key=key,
+        help=help_text,
+    )
+
+
+def loss_picker(*, key: str, container: Any = None, default: str = "akl") -> tuple[str, dict]:
+    """Selectbox over akl_core.LOSSES plus one widget per parameter. Returns (name, params).
+
+    Params are returned as entered (not validated); call akl_core.resolve_params on them.
+    """
+    import akl_core
+
+    box = container if container is not None else st
+    names = loss_names()
+    index = names.index(default) if default in names else 0
+    name = box.selectbox(
+        "Loss", names, index=index, key=f"{key}_loss",
+        format_func=lambda n: f"{n}: {akl_core.LOSSES[n].description}"[:70],
+    )
+    params = {
+        pname: param_widget(pspec, key=f"{key}_{name}_{pname}", container=box)
+        for pname, pspec in akl_core.LOSSES[name].params.items()
+    }
+    return name, params
+
+
+# --------------------------------------------------------------------------- token colouring
+
+
+def _colour(value: float, lo: float, hi: float, colorscale: str) -> str:
+    from plotly.colors import sample_colorscale
+
+    if not math.isfinite(value):
+        return "rgb(200,200,200)"
+    x = 0.5 if hi <= lo else min(max((value - lo) / (hi - lo), 0.0), 1.0)
+    return sample_colorscale(colorscale, [x])[0]
+
+
+def _text_colour(background: str) -> str:
+    """Black or white text, whichever reads better on an 'rgb(r, g, b)' background."""
+    try:
+        r, g, b = (float(v) for v in background[background.index("(") + 1 : -1].split(",")[:3])
+    except ValueError:
+        return "#000"
+    return "#000" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "#fff"
+
+
+def _visible(token: str) -> str:
+    text = html.escape(token)
+    text = text.replace(" ", "&nbsp;") if text.strip() == "" else text
+    return text.replace("\n", "&#8629;<br>").replace("\t", "&rarr;")
+
+
+def token_strip_html(
+    tokens: Sequence[str],
+    values: Sequence[float],
+    *,
+    metric: str,
+    hover: Mapping[str, Sequence[float]] | None = None,
+    selected: int | None = None,
+    lo: float | None = None,
+    hi: float | None = None,
+    colorscale: str | None = None,
+) -> str:
+    """HTML of the tokens, each with a background coloured by `values` and a hover title.
+
+    `hover` maps metric names to per-token numbers shown on hover (title attribute). The
+    colour range is [lo, hi], defaulting to the finite min/max of `values`. The default
+    colour scale is diverging (RdBu_r) for the AKL weight w, sequential (YlOrRd) otherwise.
+    """
+    if colorscale is None:
+        colorscale = "RdBu_r" if metric == "w" else "YlOrRd"
+    if len(tokens) != len(values):
+        raise ValueError(f"{len(tokens)} tokens but {len(values)} values")
+    finite = [float(v) for v in values if math.isfinite(float(v))]
+    lo = min(finite, default=0.0) if lo is None else lo
+    hi = max(finite, default=1.0) if hi is None else hi
+    spans = []
+    for i, (tok, val) in enumerate(zip(tokens, values)):
+        lines = [f"#{i} {tok!r}", f"{metric} = {float(val):.4g}"]
+        for name, vals in (hover or {}).items():
+            if name != metric:
+                lines.append(f"{name} = {float(vals[i]):.4g}")
+        border = "2px solid #000" if selected == i else "1px solid transparent"
+        background = _colour(float(val), lo, hi, colorscale)
+        spans.append(
+            f'<span class="akl-tok" data-idx="{i}" title="{html.escape(chr(10).join(lines))}" '
+            f'style="background:{background};color:{_text_colour(background)};border:{border};'
+            f'border-radius:3px;padding:1px 1px;margin:0 1px;line-height:1.9;'
+            f'font-family:monospace;white-space:pre-wrap">{_visible(tok)}</span>'
+        )
+    legend = (
+        f'<div style="font-size:0.8em;color:#555;margin-top:4px">colour: {html.escape(metric)} '
+        f'from {lo:.3g} ({_swatch(lo, lo, hi, colorscale)}) to {hi:.3g} '
+        f'({_swatch(hi, lo, hi, colorscale)}); hover a token for its numbers</div>'
+    )
+    return f'<div class="akl-token-view" style="line-height:2">{"".join(spans)}</div>{legend}'
+
+
+def _swatch(value: float, lo: float, hi: float, colorscale: str) -> str:
+    return (
+        f'<span style="display:inline-block;width:1em;height:0.8em;'
+        f'background:{_colour(value, lo, hi, colorscale)}"></span>'
+    )
+
+
+def parse_floats(text: str, what: str) -> tuple[float, ...]:
+    """Comma-separated numbers -> tuple of floats; ValueError naming `what` otherwise."""
+    parts = [t.strip() for t in str(text).replace(";", ",").split(",") if t.strip()]
+    if not parts:
+        raise ValueError(f"{what}: enter comma-separated numbers, got nothing")
+    try:
+        values = tuple(float(t) for t in parts)
+    except ValueError:
+        raise ValueError(f"{what}: {text!r} is not a comma-separated list of numbers") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{what}: numbers must be finite, got {text!r}")
+    return values

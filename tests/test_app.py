@@ -1,0 +1,413 @@
+"""Streamlit AppTest tests of every dashboard page, on small random models (no real LLM).
+
+The app reads its defaults from environment variables (AKL_APP_TEACHER, AKL_APP_STUDENT,
+AKL_APP_RUNS_DIR); here they point at a small teacher saved to a temporary folder, so every
+page runs in seconds. Live runs train on a small JSONL file with gold responses.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+import akl_core  # noqa: E402
+from akl_core import runs  # noqa: E402
+from tests.small_lm import examples, save_bundle, small_teacher, write_jsonl  # noqa: E402
+
+APP = Path(__file__).resolve().parents[1] / "app" / "Home.py"
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def app_env(tmp_path_factory):
+    """A saved small teacher, a gold JSONL file and empty runs/cache folders, set in the env."""
+    base = tmp_path_factory.mktemp("app")
+    teacher_dir = save_bundle(small_teacher(), base / "teacher")
+    data = write_jsonl(base / "train.jsonl", examples(8))
+    env = {
+        "AKL_APP_TEACHER": str(teacher_dir),
+        "AKL_APP_STUDENT": "truncate:1",
+        "AKL_APP_RUNS_DIR": str(base / "runs"),
+        "AKL_CACHE_DIR": str(base / "cache"),
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        yield {"teacher": teacher_dir, "data": data, "runs": base / "runs", "base": base}
+
+
+def open_page(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    if page is not None:
+        at.switch_page(f"pages/{page}").run()
+        assert not at.exception, at.exception
+    return at
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def set_live(at: AppTest, data: Path, **values) -> None:
+    """Small live-run settings: gold JSONL data, short sequences, a probe every step."""
+    defaults = {"live_steps": 3, "live_batch": 2, "live_maxlen": 48, "live_probe_every": 1,
+                "live_topk": 5}
+    for key, value in {**defaults, **values}.items():
+        at.number_input(key=key).set_value(value)
+    at.text_input(key="live_data").input(str(data))
+    at.selectbox(key="live_targets").select("gold")
+
+
+def wait_for_run(at: AppTest, *, min_records: int | None = None) -> None:
+    """Rerun the page while the background run works, until it ends (or has min_records)."""
+    live = at.session_state["live"]
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        view = live.view()
+        if not view.active or (min_records is not None and len(view.records) >= min_records):
+            break
+        live.join(0.3)
+        at.run()  # the page redraws while the run works
+        assert not at.exception, at.exception
+    at.run()
+    assert not at.exception, at.exception
+
+
+def run_lines(path: Path, name: str) -> list[dict]:
+    return [json.loads(line) for line in (path / name).read_text().splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------------------- home
+
+
+def test_home_links_every_page(app_env):
+    at = open_page()
+    text = " ".join(m.value for m in at.markdown)
+    assert "Adaptive KL" in text
+    links = [el.proto.page for el in at.get("page_link")]
+    assert links == ["Live_distillation", "Toy_lab", "Compare_runs", "Token_inspector"]
+
+
+# ----------------------------------------------------------------------------- live: widgets
+
+
+@pytest.mark.parametrize("loss", list(akl_core.LOSSES))
+def test_live_sidebar_widgets_follow_the_registry(app_env, loss):
+    at = open_page("1_Live_distillation.py")
+    at.selectbox(key="live_loss").select(loss).run()
+    assert not at.exception
+    spec = akl_core.LOSSES[loss]
+    for name, pspec in spec.params.items():
+        key = f"live_{loss}_{name}"
+        if pspec.choices is not None and isinstance(pspec.choices[0], bool):
+            widget = at.checkbox(key=key)
+            assert widget.value is pspec.default
+        elif pspec.choices is not None:
+            widget = at.selectbox(key=key)
+            assert widget.options == [str(c) for c in pspec.choices]
+            assert widget.value == pspec.default
+        else:
+            widget = at.number_input(key=key)
+            assert widget.min == pspec.low and widget.max == pspec.high
+            assert widget.value == pytest.approx(pspec.default)
+    assert at.text_input(key="live_teacher").value == str(app_env["teacher"])
+    assert at.text_input(key="live_student").value == "truncate:1"
+
+
+# ------------------------------------------------------------------------------- live: runs
+
+
+def test_live_run_completes_draws_and_writes_the_run_folder(app_env):
+    at = open_page("1_Live_distillation.py")
+    set_live(at, app_env["data"])
+    at.button(key="live_run").click().run()
+    assert not at.exception and not errors(at)
+    wait_for_run(at)
+    view = at.session_state["live"].view()
+    assert view.status == "finished", view.error
+    assert [r.step for r in view.records] == [1, 2, 3]
+    assert any("Finished 3 steps" in s.value for s in at.success)
+    # curves + top-k chart, and the per-token view with one span per probe token
+    charts = at.get("plotly_chart")
+    assert len(charts) == 2
+    probe = view.records[-1].probe
+    html = at.html[0].value
+    assert html.count('class="akl-tok"') == len(probe.tokens) > 0
+    assert f"w = {probe.w[0]:.4g}" in html
+    # switching the colouring metric and picking a token redraw the view
+    at.selectbox(key="live_metric").select("g_head").run()
+    assert "g_head from" in at.html[0].value
+    at.selectbox(key="live_token").select(1).run()
+    assert 'data-idx="1" title' in at.html[0].value and "2px solid" in at.html[0].value
+    assert not at.exception
+    # the run folder holds every step, the probes, the config and a summary
+    run_dir = Path(view.info["run_dir"])
+    assert run_dir.parent == app_env["runs"]
+    steps = run_lines(run_dir, "steps.jsonl")
+    assert [s["step"] for s in steps] == [1, 2, 3]
+    assert steps[-1]["loss"] == pytest.approx(view.records[-1].loss)
+    assert len(run_lines(run_dir, "probes.jsonl")) == 3
+    assert json.loads((run_dir / "config.json").read_text())["loss"] == "akl"
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    # buttons are back to idle
+    assert not at.button(key="live_run").disabled and at.button(key="live_stop").disabled
+
+
+def test_live_stop_keeps_the_finished_steps(app_env):
+    at = open_page("1_Live_distillation.py")
+    set_live(at, app_env["data"], live_steps=500, live_probe_every=0)
+    at.button(key="live_run").click().run()
+    wait_for_run(at, min_records=2)
+    assert at.button(key="live_stop").disabled is False
+    at.button(key="live_stop").click().run()
+    wait_for_run(at)
+    view = at.session_state["live"].view()
+    assert view.status == "stopped"
+    assert 2 <= len(view.records) < 500
+    assert any("Stopped after" in w.value for w in at.warning)
+    run_dir = Path(view.info["run_dir"])
+    assert len(run_lines(run_dir, "steps.jsonl")) == len(view.records)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "stopped"
+
+
+def test_two_sessions_train_without_touching_each_other(app_env):
+    a, b = open_page("1_Live_distillation.py"), open_page("1_Live_distillation.py")
+    set_live(a, app_env["data"], live_steps=2, live_seed=1)
+    set_live(b, app_env["data"], live_steps=3, live_seed=2)
+    b.selectbox(key="live_loss").select("rkl")
+    a.button(key="live_run").click().run()
+    b.button(key="live_run").click().run()
+    wait_for_run(a)
+    wait_for_run(b)
+    va, vb = a.session_state["live"].view(), b.session_state["live"].view()
+    assert (va.status, vb.status) == ("finished", "finished")
+    assert va.info["run_dir"] != vb.info["run_dir"]
+    for view, loss, n in ((va, "akl", 2), (vb, "rkl", 3)):
+        run_dir = Path(view.info["run_dir"])
+        assert [s["step"] for s in run_lines(run_dir, "steps.jsonl")] == list(range(1, n + 1))
+        assert json.loads((run_dir / "config.json").read_text())["loss"] == loss
+
+
+@pytest.mark.parametrize(
+    ("widget", "key", "value", "message"),
+    [
+        ("text_input", "live_teacher", "/no/such/model/folder", "model folder not found"),
+        ("text_input", "live_data", "/no/such/file.jsonl", "no such JSONL file"),
+        ("number_input", "live_lr", 0.0, "lr must be in"),
+        ("number_input", "live_akl_mu", 0.0, "mu must be in (0, 1)"),
+    ],
+)
+def test_live_bad_input_shows_an_error(app_env, widget, key, value, message):
+    at = open_page("1_Live_distillation.py")
+    set_live(at, app_env["data"])
+    getattr(at, widget)(key=key).set_value(value)
+    at.button(key="live_run").click().run()
+    assert not at.exception
+    assert any(message in e for e in errors(at)), errors(at)
+    assert "live" not in at.session_state
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer_model(app_env):
+    """A model folder whose tokenizer differs from the teacher's (500 instead of 1000 tokens)."""
+    from akl_core.models import ModelBundle
+    from tests.small_lm import small_model, small_tokenizer
+
+    tok = small_tokenizer(500)
+    bundle = ModelBundle(small_model(len(tok)), tok, "other", None)
+    return save_bundle(bundle, app_env["base"] / "other_tokenizer")
+
+
+@pytest.mark.parametrize("student", ["truncate:99", "other-tokenizer"])
+def test_live_bad_student_fails_in_the_page(app_env, other_tokenizer_model, student):
+    at = open_page("1_Live_distillation.py")
+    set_live(at, app_env["data"])
+    spec = str(other_tokenizer_model) if student == "other-tokenizer" else student
+    at.text_input(key="live_student").input(spec)
+    at.button(key="live_run").click().run()
+    wait_for_run(at)
+    assert not at.exception
+    assert at.session_state["live"].view().status == "error"
+    message = ("truncate:K needs 1 <= K <= 2" if student == "truncate:99"
+               else "do not share a tokenizer")
+    assert any(message in e for e in errors(at)), errors(at)
+    assert not at.button(key="live_run").disabled  # the page keeps working
+
+
+# ------------------------------------------------------------------------------------ toy lab
+
+
+def test_toy_lab_trains_and_draws(app_env):
+    at = open_page("2_Toy_lab.py")
+    assert not errors(at)
+    mu = at.number_input(key="toy_mu")
+    assert (mu.min, mu.max, mu.value) == (0.0, 1.0, 0.5)
+    assert at.multiselect(key="toy_losses").value == ["fkl", "rkl", "akl"]
+    assert len(at.get("plotly_chart")) == 4
+    # default: Fig. 2 bimodal, 200 steps; both FKL and RKL converge (KL(p||q) < 1e-3)
+    table = {row["loss"]: row for row in at.dataframe[0].value.to_dict("records")}
+    assert table["fkl"]["final KL(p||q)"] < 1e-3 and table["rkl"]["final KL(p||q)"] < 1e-3
+    at.slider(key="toy_step_200").set_value(0).run()
+    step0 = {row["loss"]: row for row in at.dataframe[0].value.to_dict("records")}
+    assert step0["fkl"]["KL(p||q) at step"] > 100 * table["fkl"]["final KL(p||q)"]
+    at.radio(key="toy_view").set_value("Classic one-Gaussian demo").run()
+    assert not at.exception and len(at.get("plotly_chart")) == 1
+
+
+def test_toy_lab_custom_mixture_and_bad_input(app_env):
+    at = open_page("2_Toy_lab.py")
+    at.selectbox(key="toy_target").select("custom mixture")
+    at.number_input(key="toy_steps").set_value(20)
+    at.text_input(key="toy_weights").input("1, x")
+    at.button(key="FormSubmitter:toy_form-Run toy experiment").click().run()
+    assert not at.exception
+    assert any("weights" in e for e in errors(at)), errors(at)
+    at.text_input(key="toy_weights").input("0.7, 0.3")
+    at.multiselect(key="toy_losses").set_value([])
+    at.button(key="FormSubmitter:toy_form-Run toy experiment").click().run()
+    assert any("pick at least one loss" in e for e in errors(at))
+    at.multiselect(key="toy_losses").set_value(["akl"])
+    at.button(key="FormSubmitter:toy_form-Run toy experiment").click().run()
+    assert not at.exception and not errors(at)
+    assert len(at.get("plotly_chart")) == 4
+
+
+# ------------------------------------------------------------------------- token inspector
+
+
+def test_token_inspector_teacher_only_and_with_student(app_env):
+    at = open_page("4_Token_inspector.py")
+    assert not errors(at)
+    assert at.selectbox(key="insp_metric").options == ["head_size", "head_mass",
+                                                       "teacher_entropy"]
+    n_tokens = len(at.selectbox(key="insp_token").options)
+    assert at.html[0].value.count('class="akl-tok"') == n_tokens > 5
+    assert len(at.get("plotly_chart")) == 2
+    # an impossible student is a message, not a traceback
+    at.selectbox(key="insp_student_choice").select("truncate:4").run()
+    assert not at.exception
+    assert any("truncate:K needs 1 <= K <= 2" in e for e in errors(at)), errors(at)
+    # a real student: every catalogue divergence per token, plus the chosen loss
+    at.selectbox(key="insp_student_choice").select("other...").run()
+    at.text_input(key="insp_student_other").input("truncate:1").run()
+    assert not at.exception and not errors(at)
+    options = at.selectbox(key="insp_metric").options
+    assert set(akl_core.LOSSES) <= set(options) and "akl (chosen)" in options
+    rows = at.dataframe[0].value.to_dict("records")
+    by_name = {r["divergence"]: r["mean over positions"] for r in rows}
+    assert by_name["akl (chosen)"] == pytest.approx(by_name["akl"], rel=1e-5)
+    assert all(v >= -1e-6 for v in by_name.values())
+    assert by_name["fkl"] > 0
+
+
+def test_token_inspector_empty_text_is_an_error(app_env):
+    at = open_page("4_Token_inspector.py")
+    at.text_area(key="insp_text").input("   ").run()
+    assert not at.exception
+    assert any("text is empty" in e for e in errors(at))
+
+
+# ---------------------------------------------------------------------------- compare runs
+
+
+@pytest.fixture(scope="module")
+def saved_runs(app_env):
+    """Two finished runs written by the engine; only the second keeps its student."""
+    from akl_core.distill import DistillConfig, distill
+    from akl_core.models import load_student, load_teacher
+
+    root = app_env["base"] / "cmp_runs"
+    teacher = load_teacher(str(app_env["teacher"]))
+    made = []
+    for i, loss in enumerate(("fkl", "akl")):
+        student = load_student("truncate:1", teacher, seed=i)
+        cfg = DistillConfig(teacher=str(app_env["teacher"]), student="truncate:1", loss=loss,
+                            steps=2, batch_size=2, max_length=48, probe_every=0,
+                            data=str(app_env["data"]), targets="gold")
+        run = runs.Run.create(root, name=f"run{i}-{loss}")
+        for _ in distill(cfg, teacher=teacher, student=student, examples=examples(8), run=run):
+            pass
+        if i == 1:
+            student.model.save_pretrained(run.student_dir)
+            student.tokenizer.save_pretrained(run.student_dir)
+        made.append(run.path)
+    return root, made
+
+
+def test_compare_runs_overlays_and_evaluates(app_env, saved_runs):
+    root, (run0, run1) = saved_runs
+    at = open_page("3_Compare_runs.py")
+    at.text_input(key="cmp_root").input(str(root)).run()
+    assert not at.exception and not errors(at)
+    table = at.dataframe[0].value.to_dict("records")
+    assert [r["run"] for r in table] == ["run0-fkl", "run1-akl"]
+    assert [r["steps"] for r in table] == [2, 2]
+    assert len(at.get("plotly_chart")) == 1
+    # a run without a saved student cannot be evaluated: a clear message
+    at.selectbox(key="cmp_eval_run").select("run0-fkl")
+    at.number_input(key="cmp_eval_n").set_value(2)
+    at.number_input(key="cmp_eval_tokens").set_value(6)
+    at.button(key="FormSubmitter:cmp_eval_form-Evaluate").click().run()
+    assert not at.exception
+    assert any("has no saved student" in e for e in errors(at)), errors(at)
+    # the other one can: eval.json is written, then metrics and generations are shown
+    at.selectbox(key="cmp_eval_run").select("run1-akl")
+    at.button(key="FormSubmitter:cmp_eval_form-Evaluate").click().run()
+    assert not at.exception, at.exception
+    result = json.loads((run1 / "eval.json").read_text())
+    assert result["n_examples"] == 2 and len(result["generations"]) == 2
+    eval_rows = at.dataframe[1].value.to_dict("records")
+    assert {(r["run"], r["model"]) for r in eval_rows} == {("run1-akl", "student"),
+                                                          ("run1-akl", "teacher")}
+    assert any("Generations side by side" in h.value for h in at.subheader)
+
+
+def test_compare_runs_empty_folder(app_env, tmp_path):
+    at = open_page("3_Compare_runs.py")
+    at.text_input(key="cmp_root").input(str(tmp_path)).run()
+    assert not at.exception and not errors(at)
+    assert any("No runs under" in i.value for i in at.info)
+
+
+# ------------------------------------------------------------------- figure and HTML helpers
+
+
+def test_topk_figure_marks_the_head_boundary():
+    from akl_core import viz
+
+    teacher = [["a", 0.4], ["b", 0.3], ["c", 0.2], ["d", 0.1]]
+    student = [["c", 0.5], ["a", 0.3], ["d", 0.1], ["b", 0.1]]
+    fig = viz.topk_figure(teacher, student, head_size=2, title="t")
+    bars = [tr for tr in fig.data if tr.type == "bar"]
+    assert [list(b.y) for b in bars] == [["1. a", "2. b", "3. c", "4. d"],
+                                         ["1. c", "2. a", "3. d", "4. b"]]
+    gold = bars[0].marker.color[0]
+    assert list(bars[0].marker.color).count(gold) == 2  # teacher: a, b are head
+    assert [c == gold for c in bars[1].marker.color] == [False, True, False, True]
+    (line,) = fig.layout.shapes
+    assert line.y0 == line.y1 == 1.5  # between rank 2 and rank 3
+    with pytest.raises(ValueError, match="empty"):
+        viz.topk_figure([], None)
+
+
+def test_token_strip_html_escapes_and_colours():
+    import sys
+
+    sys.path.insert(0, str(APP.parent))
+    from ui_common import token_strip_html
+
+    html = token_strip_html(["<b>", " x", "\n"], [0.0, 0.5, 1.0], metric="w",
+                            hover={"g_head": [0.1, 0.2, 0.3]}, selected=1, lo=0.0, hi=1.0)
+    assert html.count('class="akl-tok"') == 3
+    assert "&lt;b&gt;" in html and "<b>" not in html.split("colour:")[0]
+    assert "g_head = 0.2" in html and "w = 0.5" in html
+    assert html.count("2px solid") == 1
+    with pytest.raises(ValueError, match="2 tokens but 1 values"):
+        token_strip_html(["a", "b"], [1.0], metric="w")
