@@ -1,14 +1,13 @@
 """Token inspector: the teacher's next-token distribution at every position of a pasted text
 (head size, head mass, entropy) and, with a student, every divergence per token.
 
-Diagnostics come from akl_core (app/inspector.py is a forward pass plus akl_core calls);
+Diagnostics come from akl_core (akl_core.inspector: a forward pass plus akl_core calls);
 figures from akl_core.viz.
 """
 
 from __future__ import annotations
 
 import streamlit as st
-from inspector import text_diagnostics
 from ui_common import (
     cached_student,
     default_teacher_spec,
@@ -21,6 +20,7 @@ from ui_common import (
 
 import akl_core
 from akl_core import viz
+from akl_core.inspector import text_diagnostics
 
 page_setup("Token inspector")
 

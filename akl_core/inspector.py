@@ -1,5 +1,5 @@
-"""Token-inspector glue: one forward pass of the teacher (and optionally a student) over a text,
-then akl_core's per-token diagnostics. No divergence is computed here: head/tail numbers come
+"""Per-position diagnostics of a text: one forward pass of the teacher (and optionally a
+student), then akl_core's per-token diagnostics (used by the dashboard's Token inspector). No divergence is computed here: head/tail numbers come
 from akl_core.head_tail, divergences from akl_core.per_token_divergences / akl_core.divergence.
 
 Convention (as akl_core.distill.ProbeRecord): position i is the models predicting tokens[i]
@@ -14,6 +14,8 @@ from typing import Any
 import torch
 
 import akl_core
+
+from .models import shared_vocab_size
 
 
 @dataclass
@@ -69,8 +71,6 @@ def text_diagnostics(
         raise ValueError("the text is too short: it needs at least 2 tokens")
     vocab = len(tok)
     if student is not None:
-        from akl_core.models import shared_vocab_size
-
         vocab = shared_vocab_size(teacher, student)
     t = teacher.model(input_ids=ids.to(teacher.device)).logits[0, :-1, :vocab].float().cpu()
     s = None
