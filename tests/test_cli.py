@@ -12,21 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from akl_core import cli
 from akl_core.runs import load_run
 from tests import small_lm
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(autouse=True)

@@ -21,15 +21,6 @@ from akl_core.runs import Run, load_run
 from tests import small_lm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run far faster on one thread (no OpenMP contention on a shared CPU)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def teacher():
     return small_lm.small_teacher()
