@@ -14,15 +14,20 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def check_positive(name: str, value: float) -> float:
+    """Return `value` as a float, or raise if it is not a finite number > 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number > 0, got {value!r}") from None
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return number
+
+
 def check_temperature(temperature: float) -> float:
     """Return `temperature` as a float, or raise if it is not a finite number > 0."""
-    try:
-        value = float(temperature)
-    except (TypeError, ValueError):
-        raise ValueError(f"temperature must be a number > 0, got {temperature!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    return value
+    return check_positive("temperature", temperature)
 
 
 def check_logits(

@@ -18,6 +18,8 @@ import torch
 
 import akl_core
 
+from ._checks import check_positive
+
 __all__ = [
     "DiscreteTarget",
     "ContinuousMixture",
@@ -333,7 +335,7 @@ def fit_gaussian(
     """
     loss = _check_loss(loss)
     steps = _check_steps(steps)
-    lr = _check_lr(lr)
+    lr = check_positive("lr", lr)
     extra = akl_core.resolve_params(loss, **(params or {}))
     if grid_size < 16:
         raise ValueError(f"grid_size must be >= 16, got {grid_size}")
@@ -432,16 +434,6 @@ def _check_steps(steps: int) -> int:
     return int(steps)
 
 
-def _check_lr(lr: float) -> float:
-    try:
-        value = float(lr)
-    except (TypeError, ValueError):
-        raise ValueError(f"lr must be a number > 0, got {lr!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    return value
-
-
 def _teacher_logits(target: object, target_type: str) -> tuple[torch.Tensor, bool]:
     """Return teacher logits [N, V] (float32) and whether the input was a single 1-d row."""
     if target_type not in ("probs", "logits"):
@@ -519,7 +511,7 @@ def train_free_logits(
     """
     loss = _check_loss(loss)
     steps = _check_steps(steps)
-    lr = _check_lr(lr)
+    lr = check_positive("lr", lr)
     if optimizer not in _OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {_OPTIMIZERS}")
     if isinstance(record_every, bool) or not isinstance(record_every, int) or record_every < 1:
