@@ -1,7 +1,7 @@
 """AKL Explorer dashboard: entry point (`streamlit run app/Home.py`).
 
 The pages live in app/pages/ (Streamlit's multipage folder). They are thin views over
-akl_core (losses, engine, runs) and akl_core.viz (figures); they compute nothing themselves.
+akl_core (losses, engine, runs) and akl_core.lab.viz (figures); they compute nothing themselves.
 """
 
 import streamlit as st

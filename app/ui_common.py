@@ -1,6 +1,6 @@
 """Shared UI glue for the AKL Explorer pages (no losses or figures are computed here).
 
-Everything numeric comes from akl_core; figures come from akl_core.viz. This module only
+Everything numeric comes from akl_core; figures come from akl_core.lab.viz. This module only
 turns the loss registry into widgets, shows errors as messages, colours token strings for
 HTML display and caches models once per process with st.cache_resource.
 """
@@ -47,8 +47,8 @@ def runs_root() -> str | None:
 def default_response_tokens() -> int:
     """Length bound of the committed teacher responses (so they are reused, not regenerated);
     DistillConfig's default when no committed file exists."""
-    from akl_core import data
-    from akl_core.distill import DistillConfig
+    from akl_core.lab import data
+    from akl_core.lab.distill import DistillConfig
 
     try:
         meta = json.loads(data.RESPONSES_META.read_text())
@@ -85,7 +85,7 @@ def show_errors(what: str = "") -> Iterator[None]:
 @st.cache_resource(show_spinner=False, max_entries=2)
 def cached_teacher(spec: str) -> Any:
     """Load a teacher once per process ("" = the bundled default). Shared, read-only."""
-    from akl_core.models import load_teacher
+    from akl_core.lab.models import load_teacher
 
     bundle = load_teacher(spec or None)
     bundle.model.eval()
@@ -97,7 +97,7 @@ def cached_teacher(spec: str) -> Any:
 @st.cache_resource(show_spinner=False, max_entries=2)
 def cached_student(teacher_spec: str, student_spec: str, seed: int = 0) -> Any:
     """An untrained student (read-only, shared) for inspection, built against the teacher."""
-    from akl_core.models import load_student
+    from akl_core.lab.models import load_student
 
     bundle = load_student(student_spec, cached_teacher(teacher_spec), seed=seed)
     bundle.model.eval()

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import akl_core  # noqa: E402
-from akl_core import data, models  # noqa: E402
+from akl_core.lab import data, models  # noqa: E402
 
 
 def real_batch(tokenizer, batch: int, seq: int) -> dict[str, torch.Tensor]:

@@ -25,7 +25,7 @@ torch.set_num_threads(int(os.environ.get("AKL_TEST_THREADS", "1")))
 @pytest.fixture(scope="session")
 def bundled_teacher():
     """The real bundled SmolLM2-135M-Instruct teacher on CPU (converted once, then cached)."""
-    from akl_core.models import load_teacher
+    from akl_core.lab.models import load_teacher
 
     return load_teacher(None, device="cpu")
 
@@ -35,7 +35,7 @@ def teacher_tokenizer():
     """The bundled teacher's tokenizer (ChatML template), loaded from the converted cache."""
     from transformers import AutoTokenizer
 
-    from akl_core.models import convert_bundled
+    from akl_core.lab.models import convert_bundled
 
     return AutoTokenizer.from_pretrained(convert_bundled())
 
@@ -43,7 +43,7 @@ def teacher_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_teacher(teacher_tokenizer):
     """ModelBundle: a 2-layer, width-64 random Llama over the real tokenizer (seed 0)."""
-    from akl_core.models import ModelBundle, make_tiny_model
+    from akl_core.lab.models import ModelBundle, make_tiny_model
 
     model = make_tiny_model(len(teacher_tokenizer), layers=2, hidden=64, heads=4, seed=0)
     return ModelBundle(model, teacher_tokenizer, "tiny-teacher", torch.device("cpu"))
@@ -52,7 +52,7 @@ def tiny_teacher(teacher_tokenizer):
 @pytest.fixture(scope="session")
 def tiny_student(teacher_tokenizer):
     """ModelBundle: a 1-layer, width-64 random Llama over the real tokenizer (seed 1)."""
-    from akl_core.models import ModelBundle, make_tiny_model
+    from akl_core.lab.models import ModelBundle, make_tiny_model
 
     model = make_tiny_model(len(teacher_tokenizer), layers=1, hidden=64, heads=4, seed=1)
     return ModelBundle(model, teacher_tokenizer, "tiny-student", torch.device("cpu"))

@@ -27,7 +27,7 @@ def small_tokenizer(vocab_size: int = 1000):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from akl_core.data import load_bundled
+    from akl_core.lab.data import load_bundled
 
     texts = [f"{e.instruction} {e.context}" for e in load_bundled("all")]
     tk = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -69,7 +69,7 @@ def small_model(vocab_size: int, *, layers: int = 2, hidden: int = 32, seed: int
 
 def small_teacher(seed: int = 123):
     """ModelBundle: a peaked 2-layer teacher over the small tokenizer."""
-    from akl_core.models import ModelBundle
+    from akl_core.lab.models import ModelBundle
 
     tok = small_tokenizer()
     model = small_model(len(tok), layers=2, hidden=32, seed=seed, head_scale=60.0)
@@ -78,7 +78,7 @@ def small_teacher(seed: int = 123):
 
 def small_student(teacher, seed: int = 0):
     """ModelBundle: a fresh 1-layer student sharing the teacher's tokenizer."""
-    from akl_core.models import ModelBundle
+    from akl_core.lab.models import ModelBundle
 
     model = small_model(len(teacher.tokenizer), layers=1, hidden=32, seed=seed)
     return ModelBundle(model, teacher.tokenizer, "small-student", torch.device("cpu"))
@@ -94,7 +94,7 @@ def save_bundle(bundle, folder: Path) -> Path:
 
 def examples(n: int = 6, split: str = "train"):
     """The first n bundled examples of a split, with short gold responses attached."""
-    from akl_core.data import Example, load_bundled
+    from akl_core.lab.data import Example, load_bundled
 
     out = []
     for i, e in enumerate(load_bundled(split)[:n]):

@@ -17,7 +17,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 import akl_core  # noqa: E402
-from akl_core import runs  # noqa: E402
+from akl_core.lab import runs  # noqa: E402
 from tests.small_lm import examples, save_bundle, small_teacher, write_jsonl  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "app" / "Home.py"
@@ -217,7 +217,7 @@ def test_live_bad_input_shows_an_error(app_env, widget, key, value, message):
 @pytest.fixture(scope="module")
 def other_tokenizer_model(app_env):
     """A model folder whose tokenizer differs from the teacher's (500 instead of 1000 tokens)."""
-    from akl_core.models import ModelBundle
+    from akl_core.lab.models import ModelBundle
     from tests.small_lm import small_model, small_tokenizer
 
     tok = small_tokenizer(500)
@@ -320,8 +320,8 @@ def test_token_inspector_empty_text_is_an_error(app_env):
 @pytest.fixture(scope="module")
 def saved_runs(app_env):
     """Two finished runs written by the engine; only the second keeps its student."""
-    from akl_core.distill import DistillConfig, distill
-    from akl_core.models import load_student, load_teacher
+    from akl_core.lab.distill import DistillConfig, distill
+    from akl_core.lab.models import load_student, load_teacher
 
     root = app_env["base"] / "cmp_runs"
     teacher = load_teacher(str(app_env["teacher"]))
@@ -380,7 +380,7 @@ def test_compare_runs_empty_folder(app_env, tmp_path):
 
 
 def test_topk_figure_marks_the_head_boundary():
-    from akl_core import viz
+    from akl_core.lab import viz
 
     teacher = [["a", 0.4], ["b", 0.3], ["c", 0.2], ["d", 0.1]]
     student = [["c", 0.5], ["a", 0.3], ["d", 0.1], ["b", 0.1]]

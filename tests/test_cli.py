@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from akl_core import cli
-from akl_core.runs import load_run
+from akl_core.lab import cli
+from akl_core.lab.runs import load_run
 from tests import small_lm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,12 +167,12 @@ def test_toy_command(tmp_path, capsys):
 
 
 def test_killed_distill_leaves_a_readable_run(model_dirs, tmp_path):
-    """SIGKILL `python -m akl_core.cli distill` mid-run: every finished step loads."""
+    """SIGKILL `python -m akl_core.lab.cli distill` mid-run: every finished step loads."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
                AKL_CACHE_DIR=str(tmp_path / "cache"))
     folder = tmp_path / "runs" / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "akl_core.cli", "distill", "--teacher",
+        [sys.executable, "-m", "akl_core.lab.cli", "distill", "--teacher",
          str(model_dirs / "teacher"), "--student", str(model_dirs / "student"),
          "--data", str(model_dirs / "data.jsonl"), "--targets", "gold", "--steps", "100000",
          "--batch-size", "2", "--max-length", "64", "--probe-every", "1",

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from akl_core import data
-from akl_core.data import (
+from akl_core.lab import data
+from akl_core.lab.data import (
     Example,
     chat_prompt,
     iterate_batches,
@@ -18,7 +18,7 @@ from akl_core.data import (
     teacher_responses,
     tokenize_for_kd,
 )
-from akl_core.models import BUNDLED_NAME, ModelBundle
+from akl_core.lab.models import BUNDLED_NAME, ModelBundle
 
 # ----------------------------------------------------------------------------------------------
 # Bundled set and splits
@@ -261,7 +261,7 @@ def test_committed_responses_match_bundled_prompts(teacher_tokenizer):
     meta = json.loads(data.RESPONSES_META.read_text())
     assert meta["model"] == BUNDLED_NAME
     assert meta["settings"] == {"max_new_tokens": data.DEFAULT_MAX_NEW_TOKENS, "do_sample": False}
-    assert meta["date"] and meta["command"].startswith("python -m akl_core.data")
+    assert meta["date"] and meta["command"].startswith("python -m akl_core.lab.data")
     records = [json.loads(line) for line in data.RESPONSES_FILE.read_text().splitlines()]
     assert len(records) == meta["examples"]
     by_id = {e.id: e for e in load_bundled("all")}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import akl_core
-from akl_core.distill import (
+from akl_core.lab.distill import (
     DistillConfig,
     ProbeRecord,
     StepRecord,
@@ -17,7 +17,7 @@ from akl_core.distill import (
     fit_real_positions,
     teacher_positions,
 )
-from akl_core.runs import Run, load_run
+from akl_core.lab.runs import Run, load_run
 from tests import small_lm
 
 
@@ -56,7 +56,7 @@ def test_loss_decreases_on_fixed_batch(teacher, batch4, loss):
 
 def test_first_step_matches_aligned_loss(teacher, batch4):
     """kd_loss of step 1 is distillation_loss on logits[:, :-1] vs labels[:, 1:] before any update."""
-    from akl_core import data
+    from akl_core.lab import data
 
     exs, resp = batch4
     student = small_lm.small_student(teacher, seed=0)
@@ -249,7 +249,7 @@ def test_fit_real_positions_level2(teacher):
 @pytest.mark.slow
 @pytest.mark.parametrize("loss", ["fkl", "rkl", "akl"])
 def test_real_pair_loss_decreases(bundled_teacher, loss):
-    from akl_core import data, models
+    from akl_core.lab import data, models
 
     exs = data.load_bundled("train")[:2]
     resp = data.teacher_responses(bundled_teacher, exs)

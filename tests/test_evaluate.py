@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from akl_core.evaluate import distinct_n, evaluate, generate, rouge_l, text_scores
+from akl_core.lab.evaluate import distinct_n, evaluate, generate, rouge_l, text_scores
 from tests import small_lm
 
 
@@ -88,7 +88,7 @@ def test_evaluate_report(teacher):
 @pytest.mark.slow
 def test_real_teacher_scores_itself(bundled_teacher):
     """Greedy generation of the bundled teacher equals its (cached) responses: Rouge-L 100."""
-    from akl_core import data
+    from akl_core.lab import data
 
     exs = data.load_bundled("test")[:2]
     resp = data.teacher_responses(bundled_teacher, exs, max_new_tokens=24)

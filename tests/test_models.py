@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from akl_core import models
-from akl_core.models import ModelBundle, load_student, make_tiny_model, shared_vocab_size
+from akl_core.lab import models
+from akl_core.lab.models import ModelBundle, load_student, make_tiny_model, shared_vocab_size
 
 # ----------------------------------------------------------------------------------------------
 # Fast unit tests

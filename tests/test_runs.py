@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from akl_core import runs
-from akl_core.runs import (
+from akl_core.lab import runs
+from akl_core.lab.runs import (
     Run,
     atomic_write_json,
     compare,
@@ -134,7 +134,7 @@ def test_summarize_empty():
 WRITER = textwrap.dedent(
     """
     import sys, time
-    from akl_core.runs import Run
+    from akl_core.lab.runs import Run
     run = Run(sys.argv[1])
     run.write_config({"loss": "akl", "steps": 100000})
     i = 0

@@ -1,4 +1,4 @@
-"""akl_core.toy: the paper's toy claims as tests, plus targets, trainer mechanics and bad input."""
+"""akl_core.lab.toy: the paper's toy claims as tests, plus targets, trainer mechanics and bad input."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import akl_core
-from akl_core import toy
+from akl_core.lab import toy
 
 # ---------------------------------------------------------------------------------------------
 # targets

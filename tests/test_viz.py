@@ -1,4 +1,4 @@
-"""akl_core.viz: figure structure (traces, titles, axis labels and types, head shading)."""
+"""akl_core.lab.viz: figure structure (traces, titles, axis labels and types, head shading)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from akl_core import toy, viz
+from akl_core.lab import toy, viz
 
 
 def _names(fig: go.Figure) -> list[str]:

@@ -1,8 +1,8 @@
 """Live distillation: a short teacher -> student run with any loss, drawn step by step.
 
-The engine (akl_core.distill) runs in a background thread per browser session (app/live_runner)
-and writes its run folder step by step (akl_core.runs); a st.fragment polls the thread's record
-buffer every second while it runs, so the page stays responsive. Figures: akl_core.viz.
+The engine (akl_core.lab.distill) runs in a background thread per browser session (app/live_runner)
+and writes its run folder step by step (akl_core.lab.runs); a st.fragment polls the thread's record
+buffer every second while it runs, so the page stays responsive. Figures: akl_core.lab.viz.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from ui_common import (
     token_strip_html,
 )
 
-from akl_core import viz
-from akl_core.distill import DistillConfig, distill
-from akl_core.models import load_student
-from akl_core.runs import Run
+from akl_core.lab import viz
+from akl_core.lab.distill import DistillConfig, distill
+from akl_core.lab.models import load_student
+from akl_core.lab.runs import Run
 
 page_setup("Live distillation")
 

@@ -1,8 +1,8 @@
 """Toy lab: the paper's toy experiments (notebook 01) with controls.
 
-Free student logits fitted to a target on bins with each chosen loss (akl_core.toy), a step
+Free student logits fitted to a target on bins with each chosen loss (akl_core.lab.toy), a step
 slider over the snapshots, gap and divergence curves per loss, and the classic continuous
-one-Gaussian demo. Figures come from akl_core.viz; nothing is computed here.
+one-Gaussian demo. Figures come from akl_core.lab.viz; nothing is computed here.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import streamlit as st
 import torch
 from ui_common import loss_names, page_setup, parse_floats, show_errors
 
-from akl_core import head_mask, toy, viz
+from akl_core import head_mask
+from akl_core.lab import toy, viz
 
 page_setup("Toy lab")
 st.caption(

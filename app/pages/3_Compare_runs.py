@@ -1,12 +1,12 @@
-"""Compare runs: saved run folders (akl_core.runs) side by side: curves, evaluation metrics,
-generations; evaluate a run that has none (akl_core.evaluate on the run's student)."""
+"""Compare runs: saved run folders (akl_core.lab.runs) side by side: curves, evaluation metrics,
+generations; evaluate a run that has none (akl_core.lab.evaluate on the run's student)."""
 
 from __future__ import annotations
 
 import streamlit as st
 from ui_common import default_response_tokens, get_teacher, page_setup, runs_root, show_errors
 
-from akl_core import runs, viz
+from akl_core.lab import runs, viz
 
 page_setup("Compare runs")
 
@@ -34,9 +34,9 @@ def live_student_for(run_name: str):
 
 
 def evaluate_run(run: runs.RunData, n: int, max_new_tokens: int) -> dict:
-    """Generate on bundled test prompts, score with akl_core.evaluate, write eval.json."""
-    from akl_core import data, evaluate
-    from akl_core.models import load_student
+    """Generate on bundled test prompts, score with akl_core.lab.evaluate, write eval.json."""
+    from akl_core.lab import data, evaluate
+    from akl_core.lab.models import load_student
 
     teacher = get_teacher(run.config.get("teacher") or "")
     student = live_student_for(run.name)

@@ -1,8 +1,8 @@
 """Token inspector: the teacher's next-token distribution at every position of a pasted text
 (head size, head mass, entropy) and, with a student, every divergence per token.
 
-Diagnostics come from akl_core (akl_core.inspector: a forward pass plus akl_core calls);
-figures from akl_core.viz.
+Diagnostics come from akl_core (akl_core.lab.inspector: a forward pass plus akl_core calls);
+figures from akl_core.lab.viz.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from ui_common import (
 )
 
 import akl_core
-from akl_core import viz
-from akl_core.inspector import text_diagnostics
+from akl_core.lab import viz
+from akl_core.lab.inspector import text_diagnostics
 
 page_setup("Token inspector")
 

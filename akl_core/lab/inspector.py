@@ -2,7 +2,7 @@
 student), then akl_core's per-token diagnostics (used by the dashboard's Token inspector). No divergence is computed here: head/tail numbers come
 from akl_core.head_tail, divergences from akl_core.per_token_divergences / akl_core.divergence.
 
-Convention (as akl_core.distill.ProbeRecord): position i is the models predicting tokens[i]
+Convention (as akl_core.lab.distill.ProbeRecord): position i is the models predicting tokens[i]
 from the tokens before it; p = teacher, q = student, both softmax(logits / temperature).
 """
 
@@ -57,7 +57,7 @@ def text_diagnostics(
 ) -> TextDiagnostics:
     """Teacher (and student) next-token diagnostics at every position of `text`.
 
-    teacher / student: akl_core.models.ModelBundle sharing one tokenizer. With a student, every
+    teacher / student: akl_core.lab.models.ModelBundle sharing one tokenizer. With a student, every
     catalogue divergence at default parameters is returned, plus `loss` with `loss_params`
     under the key f"{loss} (chosen)". Raises ValueError for empty / one-token text.
     """

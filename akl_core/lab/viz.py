@@ -3,7 +3,7 @@
 Every builder takes plain data (numpy arrays, lists, or torch tensors on the CPU) and returns a
 `plotly.graph_objects.Figure` with a title, axis labels and a legend. Conventions: p = teacher
 (target) distribution, q = student distribution. A "history" is a mapping with a 'step' array and
-one array per recorded quantity (e.g. `akl_core.toy.TrainResult.history`); objects with a
+one array per recorded quantity (e.g. `akl_core.lab.toy.TrainResult.history`); objects with a
 `.history` attribute are accepted too.
 """
 
@@ -333,7 +333,7 @@ def topk_figure(
     """Side-by-side horizontal bars of the teacher's and the student's top-k next tokens.
 
     teacher_topk / student_topk: [(token_string, probability), ...], most probable first (as in
-    akl_core.distill.ProbeRecord). head_size: the teacher's head size |H| at this position; the
+    akl_core.lab.distill.ProbeRecord). head_size: the teacher's head size |H| at this position; the
     teacher's first |H| tokens are drawn as head (gold) and a dashed line marks the head/tail
     boundary; student tokens that are in the teacher's head are drawn gold too (when |H| <= k).
     """
@@ -394,7 +394,7 @@ def eval_figure(
     metrics: Sequence[str] = ("rougeL_teacher", "distinct_2"),
     title: str = "Evaluation by generation (greedy) on held-out prompts",
 ) -> go.Figure:
-    """One panel per metric, one bar per run (scores: {label: akl_core.evaluate scores}); the
+    """One panel per metric, one bar per run (scores: {label: akl_core.lab.evaluate scores}); the
     teacher's own value, when given and defined, is a dashed line for scale."""
     if not scores:
         raise ValueError("scores is empty: nothing to plot")

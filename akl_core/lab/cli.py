@@ -76,7 +76,7 @@ def _loss_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from akl_core.distill import DistillConfig
+    from akl_core.lab.distill import DistillConfig
 
     d = DistillConfig()
     p = _Parser(prog="akl", description=__doc__.split("\n\n")[0],
@@ -236,7 +236,7 @@ def _tqdm_progress(quiet: bool):
 
 
 def _load_eval_examples(source: str, n: int) -> list:
-    from akl_core import data
+    from akl_core.lab import data
 
     if source.startswith("bundled"):
         examples = data.load_bundled(source.partition(":")[2] or "test")
@@ -249,7 +249,7 @@ def _load_eval_examples(source: str, n: int) -> list:
 
 def _run_eval(student, teacher, source: str, n: int, max_new_tokens: int, batch_size: int,
               quiet: bool) -> dict:
-    from akl_core import data, evaluate
+    from akl_core.lab import data, evaluate
 
     examples = _load_eval_examples(source, n)
     if not examples:
@@ -272,7 +272,7 @@ def _print_scores(result: dict) -> None:
             rows.append({"model": who, "rougeL_teacher": s.get("rougeL_teacher"),
                          "rougeL_gold": s.get("rougeL_gold"), "distinct_1": s.get("distinct_1"),
                          "distinct_2": s.get("distinct_2"), "mean_words": s.get("mean_words")})
-    from akl_core.runs import format_table
+    from akl_core.lab.runs import format_table
 
     print(format_table(rows))
 
@@ -280,9 +280,9 @@ def _print_scores(result: dict) -> None:
 def cmd_distill(a: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from akl_core import models
-    from akl_core.distill import DistillConfig, distill
-    from akl_core.runs import Run
+    from akl_core.lab import models
+    from akl_core.lab.distill import DistillConfig, distill
+    from akl_core.lab.runs import Run
 
     config = DistillConfig(
         teacher=a.teacher, student=a.student, loss=a.loss, loss_params=dict(a.param),
@@ -328,7 +328,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
                            8, a.quiet)
         run.write_eval(result)
         _print_scores(result)
-    from akl_core.runs import load_run, summarize
+    from akl_core.lab.runs import load_run, summarize
 
     summary = summarize(load_run(run.path).steps)
     print(f"run {run.name}: {summary['steps_done']} steps, final loss "
@@ -337,8 +337,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from akl_core import models
-    from akl_core.runs import load_run, resolve_run
+    from akl_core.lab import models
+    from akl_core.lab.runs import load_run, resolve_run
 
     if a.examples < 1 or a.max_new_tokens < 1 or a.batch_size < 1:
         raise UsageError("--examples, --max-new-tokens and --batch-size must be positive")
@@ -351,7 +351,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     student = models.load_student(str(data.path / "student"), teacher, device=a.device)
     result = _run_eval(student, teacher, a.data, a.examples, a.max_new_tokens, a.batch_size,
                        a.quiet)
-    from akl_core.runs import atomic_write_json
+    from akl_core.lab.runs import atomic_write_json
 
     atomic_write_json(data.path / "eval.json", result)
     _print_scores(result)
@@ -359,7 +359,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_runs(a: argparse.Namespace) -> int:
-    from akl_core.runs import compare, default_root, format_table, list_runs
+    from akl_core.lab.runs import compare, default_root, format_table, list_runs
 
     runs = list_runs(a.runs_dir)
     rows = compare(runs)
@@ -375,8 +375,8 @@ def cmd_runs(a: argparse.Namespace) -> int:
 def cmd_toy(a: argparse.Namespace) -> int:
     import numpy as np
 
-    from akl_core import toy
-    from akl_core.runs import dumps, format_table
+    from akl_core.lab import toy
+    from akl_core.lab.runs import dumps, format_table
 
     losses = [s.strip() for s in a.losses.split(",") if s.strip()]
     if not losses:

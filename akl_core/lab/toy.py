@@ -17,8 +17,7 @@ import numpy as np
 import torch
 
 import akl_core
-
-from ._checks import check_positive
+from akl_core._checks import check_positive
 
 __all__ = [
     "DiscreteTarget",

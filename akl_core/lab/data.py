@@ -9,7 +9,7 @@ Conventions
   convention, NOT shifted): ``labels[i, t]`` is the token at position t, and -100 marks prompt
   and padding tokens. The logits that predict ``labels[:, t]`` are ``logits[:, t - 1]``.
 
-Command: ``python -m akl_core.data --regenerate`` regenerates the committed teacher responses
+Command: ``python -m akl_core.lab.data --regenerate`` regenerates the committed teacher responses
 of the bundled set with the bundled teacher; ``--verify`` regenerates and compares.
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parent / "bundled"
 PROMPTS_FILE = DATA_DIR / "prompts.jsonl"
 RESPONSES_FILE = DATA_DIR / "teacher_responses.jsonl"
 RESPONSES_META = DATA_DIR / "teacher_responses.json"
@@ -200,7 +200,7 @@ def _settings(max_new_tokens: int) -> dict[str, Any]:
 
 
 def _cache_file(model_name: str, max_new_tokens: int) -> Path:
-    from akl_core.models import cache_dir
+    from akl_core.lab.models import cache_dir
 
     key = _sha(json.dumps({"model": model_name, **_settings(max_new_tokens)}, sort_keys=True))
     return cache_dir() / "responses" / f"{key[:20]}.jsonl"
@@ -460,7 +460,7 @@ def regenerate(
     so a killed run resumes); the committed file lists the examples of these splits.
     ``cached_only`` generates nothing and commits only the examples already in the disk cache.
     """
-    from akl_core.models import load_teacher
+    from akl_core.lab.models import load_teacher
 
     teacher = load_teacher(None, device="cpu", progress=lambda m: print(m, file=sys.stderr))
     examples: list[Example] = []
@@ -524,7 +524,7 @@ def regenerate(
         ),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "command": "python -m akl_core.data --regenerate",
+        "command": "python -m akl_core.lab.data --regenerate",
     }
     tmp = RESPONSES_META.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(meta, indent=2) + "\n")
@@ -539,7 +539,7 @@ def verify(*, limit: int | None = None, batch_size: int = 8) -> tuple[int, int]:
     Returns (identical, checked). Also checks that every committed prompt hash still matches
     the bundled prompts rendered with the bundled tokenizer.
     """
-    from akl_core.models import load_teacher
+    from akl_core.lab.models import load_teacher
 
     if not RESPONSES_META.is_file():
         raise ValueError(f"no committed responses at {RESPONSES_FILE}; run --regenerate first")
@@ -565,7 +565,7 @@ def verify(*, limit: int | None = None, batch_size: int = 8) -> tuple[int, int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m akl_core.data",
+        prog="python -m akl_core.lab.data",
         description="Bundled instruction data: regenerate / verify the committed teacher responses.",
     )
     parser.add_argument("--regenerate", action="store_true",

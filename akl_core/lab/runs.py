@@ -361,7 +361,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def steps_history(steps: list[dict]) -> dict[str, list]:
-    """Step records as a history for akl_core.viz: {'step': [...], key: [...]} over every
+    """Step records as a history for akl_core.lab.viz: {'step': [...], key: [...]} over every
     numeric key present in all records (None where a value is missing)."""
     if not steps:
         return {"step": []}

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import akl_core
-from akl_core.data import DEFAULT_MAX_NEW_TOKENS
+from akl_core.lab.data import DEFAULT_MAX_NEW_TOKENS
 
 SCHEDULERS = ("constant", "linear", "cosine")
 TARGETS = ("teacher", "gold")
@@ -46,8 +46,8 @@ BUNDLED_SPLITS = ("train", "validation", "test", "all")
 class DistillConfig:
     """Everything that defines a short distillation run (JSON-serialisable via to_dict()).
 
-    teacher: model spec for akl_core.models.load_teacher (None = the bundled SmolLM2-135M).
-    student: "truncate:K", "tiny", or a model name / folder (akl_core.models.load_student).
+    teacher: model spec for akl_core.lab.models.load_teacher (None = the bundled SmolLM2-135M).
+    student: "truncate:K", "tiny", or a model name / folder (akl_core.lab.models.load_student).
     loss, loss_params: a name of akl_core.LOSSES and its parameters (validated, defaults filled).
     kd_ratio: weight of the KD term; (1 - kd_ratio) goes to the LM cross-entropy on the labels.
     data: "bundled:<split>" (train / validation / test) or a path to a Dolly-style JSONL file.
@@ -242,7 +242,7 @@ def set_seed(seed: int) -> None:
 
 def load_examples(config: DistillConfig) -> list:
     """The examples named by ``config.data`` (cut to ``max_examples``)."""
-    from akl_core import data
+    from akl_core.lab import data
 
     if config.data.startswith("bundled"):
         examples = data.load_bundled(config.data.partition(":")[2] or "train")
@@ -315,7 +315,7 @@ class DistillSession:
         """Load models, data and teacher responses; tokenise. Idempotent."""
         if self.encoded is not None:
             return self
-        from akl_core import data, models
+        from akl_core.lab import data, models
 
         cfg = self.config
         if self.responses is not None and self.examples is None:
@@ -370,8 +370,8 @@ class DistillSession:
 
     # -- the loop --------------------------------------------------------------------------
     def _batches(self) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
-        """Endless seeded batches (akl_core.data.iterate_batches) with their epoch number."""
-        from akl_core import data
+        """Endless seeded batches (akl_core.lab.data.iterate_batches) with their epoch number."""
+        from akl_core.lab import data
 
         assert self.encoded is not None
         n = int(self.encoded["input_ids"].shape[0])
@@ -609,7 +609,7 @@ def distill(
     teacher / student: ModelBundles (loaded from config.teacher / config.student when None; the
     student is trained in place). examples / responses: override config.data and the teacher's
     responses. should_stop: checked before every step; True ends the loop. run: an
-    akl_core.runs.Run that receives config.json, steps.jsonl, probes.jsonl and the summary.
+    akl_core.lab.runs.Run that receives config.json, steps.jsonl, probes.jsonl and the summary.
     progress(stage, done, total): set-up progress (teacher responses).
     The config is validated now (ValueError); models and data load on the first step.
     """
@@ -699,12 +699,12 @@ def fit_real_positions(
     **train_kwargs: Any,
 ) -> dict[str, Any]:
     """Level 2: fit free student logits [positions, V] to the teacher's real next-token
-    distributions with each loss (akl_core.toy.train_free_logits, target_type='logits').
+    distributions with each loss (akl_core.lab.toy.train_free_logits, target_type='logits').
 
     Returns {loss: TrainResult}; the positions themselves under the key "positions"
     (a RealPositions). Extra keyword arguments go to train_free_logits (e.g. record_every).
     """
-    from akl_core import toy
+    from akl_core.lab import toy
 
     if isinstance(losses, str) or not losses:
         raise ValueError("losses must be a non-empty list of loss names")

@@ -85,10 +85,10 @@ def generate(
     progress: Progress | None = None,
 ) -> list[str]:
     """Greedy responses of `bundle` (a ModelBundle) to `examples`, prompted with the chat
-    template (akl_core.data.chat_prompt), at most `max_new_tokens` each, stopping at the end of
-    the turn; the same generation as the teacher's responses (akl_core.data.generate).
+    template (akl_core.lab.data.chat_prompt), at most `max_new_tokens` each, stopping at the end of
+    the turn; the same generation as the teacher's responses (akl_core.lab.data.generate).
     Returns the decoded responses (special tokens removed, stripped), in order."""
-    from akl_core import data
+    from akl_core.lab import data
 
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
@@ -113,7 +113,7 @@ def evaluate(
     batch_size: int = 8,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Evaluate `student` on `examples` (akl_core.data.Example, gold in `.response` if any).
+    """Evaluate `student` on `examples` (akl_core.lab.data.Example, gold in `.response` if any).
 
     The teacher's responses are `teacher_responses` when given, else generated from `teacher`
     with the same settings; with neither, only gold Rouge-L and diversity are reported.
