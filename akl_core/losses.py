@@ -20,6 +20,8 @@ from torch.autograd.function import once_differentiable
 from ._checks import check_logits, check_position_mask, check_temperature, compute_dtype
 from ._dists import make_dists
 from .divergences import LOSSES, Kernel, get_loss
+from .headtail import head_tail
+from .stats import KDStats
 
 _CHUNK_ELEMENTS = 1 << 20
 REDUCTIONS = ("mean", "sum", "none")
@@ -174,8 +176,9 @@ def distillation_loss(
     temperature: float = 1.0,
     num_items: int | float | torch.Tensor | None = None,
     vocab_size: int | None = None,
+    return_stats: bool = False,
     **params: Any,
-) -> torch.Tensor:
+) -> torch.Tensor | tuple[torch.Tensor, KDStats]:
     """The KD loss over `[..., V]` logits with masking and reduction.
 
     Valid positions: `labels != ignore_index` (labels `[...]`, already aligned with the
@@ -184,6 +187,8 @@ def distillation_loss(
     (`num_items` replaces that denominator, e.g. for gradient accumulation or multi-GPU);
     "sum": the sum over valid positions; "none": per-position values `[...]`, 0 where masked.
     With every position masked, "mean" and "sum" return 0 (never NaN).
+    return_stats=True returns `(loss, stats)`, stats an `akl_core.KDStats` of detached
+    per-position diagnostics (0 at masked positions).
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -199,6 +204,19 @@ def distillation_loss(
         m = mask.to(device=student_logits.device).bool()
         valid = m if valid is None else valid & m
     values = _per_row(loss, student_logits, teacher_logits, temperature, vocab_size, params, valid)
+    result = _reduce(values, valid, reduction, num_items)
+    if not return_stats:
+        return result
+    return result, _stats(loss, params, student_logits, teacher_logits, values, valid,
+                          temperature, vocab_size)
+
+
+def _reduce(
+    values: torch.Tensor,
+    valid: torch.Tensor | None,
+    reduction: str,
+    num_items: int | float | torch.Tensor | None,
+) -> torch.Tensor:
     if reduction == "none":
         return values
     total = values.sum()
@@ -211,6 +229,33 @@ def distillation_loss(
         return total / denom
     count = values.numel() if valid is None else int(valid.sum())
     return total / count if count > 0 else total * 0.0
+
+
+@torch.no_grad()
+def _stats(
+    loss: str,
+    params: dict[str, Any],
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    values: torch.Tensor,
+    valid: torch.Tensor | None,
+    temperature: float,
+    vocab_size: int | None,
+) -> KDStats:
+    """Per-position diagnostics (a second pass over the logits)."""
+    resolved = get_loss(loss).resolve(params)
+    mu = float(resolved.get("mu", 0.5))
+    boundary = str(resolved.get("boundary", "reference"))
+    s, t = student_logits.detach(), teacher_logits.detach()
+    ht = head_tail(s, t, mu=mu, boundary=boundary, temperature=temperature,
+                   vocab_size=vocab_size)
+    divs = per_token_divergences(s, t, names=["fkl", "rkl"], temperature=temperature,
+                                 vocab_size=vocab_size)
+    if valid is None:
+        valid = torch.ones(values.shape, dtype=torch.bool, device=values.device)
+    fields = {"value": values.detach(), "fkl": divs["fkl"], "rkl": divs["rkl"], **ht.to_dict()}
+    return KDStats(valid=valid, **{k: torch.where(valid, v, torch.zeros_like(v))
+                                   for k, v in fields.items()})
 
 
 @torch.no_grad()
