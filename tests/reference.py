@@ -141,3 +141,30 @@ def reference_value(name, student_logits, teacher_logits, temperature=1.0, **par
     else:
         out = BY_NAME[name](probs(zt, temperature), probs(zs, temperature), **params)
     return out.reshape(shape)
+
+
+# --- ToDi (Jung et al., EMNLP 2025) ----------------------------------------------------------
+
+
+def _log_ratio_terms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per entry a * log(a / b): 0 where a = 0, +inf where a > 0 = b."""
+    safe_a = torch.where(a > 0, a, torch.ones_like(a))
+    return torch.where(a > 0, safe_a * (safe_a.log() - b.log()), torch.zeros_like(a))
+
+
+def todi(p, q, beta=1.0):
+    """sum_i a_i p_i log(p_i/q_i) + (1 - a_i) q_i log(q_i/p_i), a_i = sigmoid(beta log(p_i/q_i))
+    with a detached; entries with p = q = 0 skipped, one-sided zeros give +inf."""
+    live = (p > 0) | (q > 0)
+    one = torch.ones_like(p)
+    ratio = torch.where(live, p, one).log() - torch.where(live, q, one).log()
+    a = torch.sigmoid(beta * ratio).detach()
+    forward = _log_ratio_terms(p, q)
+    reverse = _log_ratio_terms(q, p)
+    terms = torch.where(a > 0, a * forward, torch.zeros_like(a)) + torch.where(
+        a < 1, (1 - a) * reverse, torch.zeros_like(a)
+    )
+    return torch.where(live, terms, torch.zeros_like(terms)).sum(-1)
+
+
+BY_NAME["todi"] = todi
