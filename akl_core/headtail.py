@@ -21,6 +21,7 @@ import torch
 
 from ._checks import check_logits, check_temperature, compute_dtype
 from ._dists import Dists, make_dists
+from ._masking import check_masks
 
 BOUNDARIES = ("reference", "paper")
 _TOPK_STAGES = (64, 2048)
@@ -196,6 +197,7 @@ def head_tail(
     student_logits, teacher_logits = check_logits(student_logits, teacher_logits, vocab_size)
     shape = student_logits.shape[:-1]
     s2, t2 = _flat_rows(student_logits, teacher_logits)
+    check_masks((), s2, t2, None, shape)
     dtype = compute_dtype(student_logits.dtype)
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in HeadTail.__dataclass_fields__}
     step = max(1, _CHUNK_ELEMENTS // s2.shape[-1])
@@ -218,6 +220,12 @@ def head_tail(
         else:
             kind = torch.long if name == "head_size" else dtype
             fields[name] = torch.zeros(shape, dtype=kind, device=student_logits.device)
+    for name in ("teacher_entropy", "student_entropy"):  # NaN in p or q reaches the entropy
+        if bool(fields[name].isnan().any()):
+            raise ValueError(
+                "head_tail produced NaN: the logits contain NaN or +inf values, or a position "
+                "whose logits are all -inf"
+            )
     return HeadTail(**fields)
 
 

@@ -19,6 +19,7 @@ from torch.autograd.function import once_differentiable
 
 from ._checks import check_logits, check_position_mask, check_temperature, compute_dtype
 from ._dists import make_dists
+from ._masking import check_masks
 from .divergences import LOSSES, Kernel, get_loss
 
 _CHUNK_ELEMENTS = 1 << 20
@@ -139,6 +140,7 @@ def _per_row(
         flat = valid.reshape(-1)
         if not bool(flat.all()):
             rows = flat.nonzero().squeeze(-1)
+    check_masks([(spec.name, resolved)], s2, t2, rows, shape)
     values = _ChunkedDivergence.apply(s2, t2, spec.kernel, resolved, temperature, rows)
     _check_finite(values.detach(), name)
     return values.reshape(shape)
@@ -233,6 +235,7 @@ def per_token_divergences(
     vocab = student_logits.shape[-1]
     s2, t2 = student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab)
     dtype = compute_dtype(student_logits.dtype)
+    check_masks([(spec.name, spec.defaults()) for spec in specs], s2, t2, None, shape)
     out = {spec.name: [] for spec in specs}
     step = _rows_per_chunk(vocab)
     for start in range(0, s2.shape[0], step):
