@@ -10,6 +10,7 @@ p is always the TEACHER distribution and q the STUDENT's; logits are `[..., V]`.
 from .divergences import LOSSES, LossSpec, ParamSpec, get_loss, resolve_params
 from .headtail import BOUNDARIES, HeadTail, head_mask, head_tail
 from .losses import distillation_loss, divergence, per_token_divergences
+from .sparse import SparseTeacher
 from .taid import TAIDSchedule
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "HeadTail",
     "LossSpec",
     "ParamSpec",
+    "SparseTeacher",
     "TAIDSchedule",
     "distillation_loss",
     "divergence",

@@ -97,10 +97,12 @@ def check_masks(
     shape: Sequence[int],
     *,
     teacher_label: str = "teacher",
+    positions: torch.Tensor | None = None,
 ) -> None:
     """Raise ValueError for masked-everywhere positions, and for one-sided masked entries where
     one of `losses` ((name, params) pairs) is infinite. `student`, `teacher`: `[N, V]`; `rows`:
-    the positions that count (None: all); `shape`: the positions' shape, for messages.
+    the positions that count (None: all); `shape`: the positions' shape, for messages;
+    `positions`: the flat position of each of the N rows, when they are a subset (messages).
 
     Costs one min-reduction per tensor when nothing is masked; scans rows only otherwise.
     """
@@ -121,7 +123,10 @@ def check_masks(
         found["student_all"].append(index[s_masked.all(-1)])
         found["teacher"].append(index[(t_masked & ~s_masked).any(-1)])
         found["student"].append(index[(s_masked & ~t_masked).any(-1)])
-    hits = {key: torch.cat(parts).tolist() if parts else [] for key, parts in found.items()}
+    hits: dict[str, list[int]] = {}
+    for key, parts in found.items():
+        flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+        hits[key] = (flat if positions is None else positions[flat]).tolist()
     for side in ("teacher", "student"):
         bad = hits[f"{side}_all"]
         if bad:

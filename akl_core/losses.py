@@ -21,6 +21,7 @@ from ._checks import check_logits, check_position_mask, check_temperature, compu
 from ._dists import make_dists
 from ._masking import check_masks
 from .divergences import LOSSES, Kernel, get_loss
+from .sparse import SparseTeacher, sparse_per_row, sparse_per_token
 
 _CHUNK_ELEMENTS = 1 << 20
 REDUCTIONS = ("mean", "sum", "none")
@@ -120,7 +121,7 @@ def _check_finite(values: torch.Tensor, name: str) -> None:
 def _per_row(
     name: str,
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | SparseTeacher,
     temperature: float,
     vocab_size: int | None,
     params: dict[str, Any],
@@ -130,6 +131,9 @@ def _per_row(
     spec = get_loss(name)
     resolved = spec.resolve(params)
     temperature = check_temperature(temperature)
+    if isinstance(teacher_logits, SparseTeacher):
+        return sparse_per_row(spec, resolved, student_logits, teacher_logits, temperature,
+                              vocab_size, valid)
     student_logits, teacher_logits = check_logits(student_logits, teacher_logits, vocab_size)
     shape = student_logits.shape[:-1]
     vocab = student_logits.shape[-1]
@@ -149,7 +153,7 @@ def _per_row(
 def divergence(
     name: str,
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | SparseTeacher,
     *,
     temperature: float = 1.0,
     vocab_size: int | None = None,
@@ -159,14 +163,15 @@ def divergence(
 
     Differentiable w.r.t. `student_logits`. `params` are the loss's parameters (see
     `akl_core.LOSSES[name].params`). `vocab_size` cuts both logits to their first entries
-    (for padded output layers). No tau^2 factor is applied.
+    (for padded output layers). No tau^2 factor is applied. `teacher_logits` may be an
+    `akl_core.SparseTeacher` (top-k log-probs) instead.
     """
     return _per_row(name, student_logits, teacher_logits, temperature, vocab_size, params)
 
 
 def distillation_loss(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | SparseTeacher,
     *,
     loss: str = "akl",
     labels: torch.Tensor | None = None,
@@ -218,7 +223,7 @@ def distillation_loss(
 @torch.no_grad()
 def per_token_divergences(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | SparseTeacher,
     *,
     names: list[str] | tuple[str, ...] | None = None,
     temperature: float = 1.0,
@@ -230,6 +235,8 @@ def per_token_divergences(
     """
     specs = [get_loss(n) for n in (names if names is not None else list(LOSSES))]
     temperature = check_temperature(temperature)
+    if isinstance(teacher_logits, SparseTeacher):
+        return sparse_per_token(specs, student_logits, teacher_logits, temperature, vocab_size)
     student_logits, teacher_logits = check_logits(student_logits, teacher_logits, vocab_size)
     shape = student_logits.shape[:-1]
     vocab = student_logits.shape[-1]
