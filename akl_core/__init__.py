@@ -10,6 +10,7 @@ p is always the TEACHER distribution and q the STUDENT's; logits are `[..., V]`.
 from .divergences import LOSSES, LossSpec, ParamSpec, get_loss, resolve_params
 from .headtail import BOUNDARIES, HeadTail, head_mask, head_tail
 from .losses import distillation_loss, divergence, per_token_divergences
+from .sparse import SparseTeacher
 from .stats import KDStats
 from .taid import TAIDSchedule
 
@@ -20,6 +21,7 @@ __all__ = [
     "KDStats",
     "LossSpec",
     "ParamSpec",
+    "SparseTeacher",
     "TAIDSchedule",
     "distillation_loss",
     "divergence",

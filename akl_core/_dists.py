@@ -26,6 +26,7 @@ class Dists:
     u: student logits / temperature (the variable gradients are taken w.r.t.);
     lq, q: student log-probs and probs; lp, p: teacher log-probs and probs;
     top_p, top_idx: the teacher's largest probability and its token id (`[R]`).
+    bucket: the last entry is a tail bucket (a SparseTeacher's missing mass), never in the head.
     The teacher side never carries gradients.
     """
 
@@ -37,6 +38,7 @@ class Dists:
     top_p: torch.Tensor
     top_idx: torch.Tensor
     floored: bool = False
+    bucket: bool = False
 
 
 def log_probs(scaled_logits: torch.Tensor) -> torch.Tensor:
@@ -89,4 +91,4 @@ def with_student(d: Dists, u: torch.Tensor) -> Dists:
         shifted = u - u.detach().amax(-1, keepdim=True)
         lq = shifted - shifted.exp().sum(-1, keepdim=True).log()
     return Dists(u=u, lq=lq, q=lq.exp(), lp=d.lp, p=d.p, top_p=d.top_p, top_idx=d.top_idx,
-                 floored=d.floored)
+                 floored=d.floored, bucket=d.bucket)

@@ -3,7 +3,7 @@
 Every kernel takes the distributions of a chunk of positions (`Dists`: p = teacher,
 q = student, `[R, V]`) and returns `(value [R], grad [R, V] or None)`: the per-position value
 summed over V, and, when asked, its gradient w.r.t. the scaled student logits u = z_S / T.
-Closed-form gradients (fkl, rkl, fkl_rkl, akl, akl_r, tvd, taid) use
+Closed-form gradients (fkl, rkl, fkl_rkl, akl, akl_r, tvd, taid, todi) use
 d/du L = q * (g - <q, g>) with g = dL/dq; the rest take theirs from autograd on the chunk.
 That is the one extension point: add a kernel and a LossSpec to LOSSES.
 """
@@ -235,6 +235,24 @@ def ab(d: Dists, need_grad: bool, alpha: float, beta: float) -> KernelResult:
     return _ab_value(d, need_grad, alpha=alpha, beta=beta)
 
 
+def todi(d: Dists, need_grad: bool, beta: float) -> KernelResult:
+    """ToDi (Jung et al., EMNLP 2025): FKL and RKL mixed per vocabulary entry.
+
+    sum_i a_i p_i log(p_i/q_i) + (1 - a_i) q_i log(q_i/p_i), a_i = sigmoid(beta log(p_i/q_i)),
+    a detached (the official code's weight is beta = 1). Every entry is >= 0. Gradient w.r.t. u:
+    h - q <1, h> with h_i = q_i g_i = (1 - a_i) q_i (1 - log(p_i/q_i)) - a_i p_i.
+    """
+    delta = d.lp - d.lq
+    a = torch.sigmoid(delta * beta) if beta != 0.0 else torch.full_like(delta, 0.5)
+    wp = a * d.p
+    wq = d.q - a * d.q
+    value = torch.linalg.vecdot(delta, wp - wq)
+    if not need_grad:
+        return value, None
+    h = delta.neg_().add_(1.0).mul_(wq).sub_(wp)
+    return value, h.sub_(d.q * h.sum(-1, keepdim=True))
+
+
 # --- the registry ----------------------------------------------------------------------------
 
 
@@ -357,6 +375,10 @@ LOSSES: dict[str, LossSpec] = {
                  "KL(p_t ‖ q), p_t = softmax((1−t)·sg(z_S) + t·z_T)", taid,
                  {"t": ParamSpec("t", 0.4, "interpolation t (TAIDSchedule updates it)",
                                  0.0, 1.0)}),
+        LossSpec("todi", "ToDi: FKL and RKL mixed per vocabulary entry by the log-ratio",
+                 "Σ a·p log(p/q) + (1−a)·q log(q/p), a = σ(β log(p/q)) detached", todi,
+                 {"beta": ParamSpec("beta", 1.0, "slope β of the per-entry weight (0: ½(FKL+RKL))",
+                                    0.0, 100.0)}),
     ]
 }
 

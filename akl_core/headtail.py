@@ -16,11 +16,16 @@ Results are identical to a full sort.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ._checks import check_logits, check_temperature, compute_dtype
 from ._dists import Dists, make_dists
+from ._masking import check_masks
+
+if TYPE_CHECKING:
+    from .sparse import SparseTeacher
 
 BOUNDARIES = ("reference", "paper")
 _TOPK_STAGES = (64, 2048)
@@ -74,13 +79,21 @@ def head_stats(
     boundary: str,
     want_mask: bool = False,
     top: tuple[torch.Tensor, torch.Tensor] | None = None,
+    bucket: bool = False,
 ) -> HeadStats:
     """Head statistics of teacher probs `p` against student probs `q` (`[R, V]`, no grad).
 
     Staged: rows whose top-1 token alone decides the head (from `top` = (top prob, token id)
     `[R]` each, when given), then top-64, then top-2048 for rows whose head is longer, then a
-    full sort for the rest.
+    full sort for the rest. `bucket=True`: the last entry is a SparseTeacher's tail bucket and
+    never in the head; the head is taken among the other (top-k) entries, all of them when
+    their mass is below mu.
     """
+    if bucket:
+        stats = head_stats(p[:, :-1], q[:, :-1], mu, boundary, want_mask)
+        if stats.mask is not None:
+            stats.mask = torch.nn.functional.pad(stats.mask, (0, 1))
+        return stats
     rows_total, vocab = p.shape
     g_head = p.new_zeros(rows_total)
     head_mass = p.new_zeros(rows_total)
@@ -138,7 +151,7 @@ def gaps_and_weight(
     `delta` may pass in q - p when the caller has it already.
     """
     q = d.q.detach()
-    stats = head_stats(d.p, q, mu, boundary, top=(d.top_p, d.top_idx))
+    stats = head_stats(d.p, q, mu, boundary, top=(d.top_p, d.top_idx), bucket=d.bucket)
     if delta is None:
         delta = q - d.p
     total = torch.linalg.vector_norm(delta.detach(), 1, dim=-1)
@@ -179,7 +192,7 @@ def _flat_rows(
 @torch.no_grad()
 def head_tail(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | SparseTeacher,
     *,
     mu: float = 0.5,
     boundary: str = "reference",
@@ -189,13 +202,20 @@ def head_tail(
     """Per-token head/tail diagnostics for `[..., V]` student and teacher logits.
 
     p = softmax(teacher / T), q = softmax(student / T). Returns a HeadTail whose tensors have
-    shape `[...]` (float32, or float64 for float64 inputs). No gradients flow.
+    shape `[...]` (float32, or float64 for float64 inputs). No gradients flow. With an
+    `akl_core.SparseTeacher`, the diagnostics are those of the bins the losses see.
     """
     mu, boundary = check_mu(mu), check_boundary(boundary)
     temperature = check_temperature(temperature)
+    from .sparse import SparseTeacher, sparse_head_tail  # late: sparse builds on this module
+
+    if isinstance(teacher_logits, SparseTeacher):
+        return sparse_head_tail(student_logits, teacher_logits, mu=mu, boundary=boundary,
+                                temperature=temperature, vocab_size=vocab_size)
     student_logits, teacher_logits = check_logits(student_logits, teacher_logits, vocab_size)
     shape = student_logits.shape[:-1]
     s2, t2 = _flat_rows(student_logits, teacher_logits)
+    check_masks((), s2, t2, None, shape)
     dtype = compute_dtype(student_logits.dtype)
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in HeadTail.__dataclass_fields__}
     step = max(1, _CHUNK_ELEMENTS // s2.shape[-1])
@@ -218,6 +238,12 @@ def head_tail(
         else:
             kind = torch.long if name == "head_size" else dtype
             fields[name] = torch.zeros(shape, dtype=kind, device=student_logits.device)
+    for name in ("teacher_entropy", "student_entropy"):  # NaN in p or q reaches the entropy
+        if bool(fields[name].isnan().any()):
+            raise ValueError(
+                "head_tail produced NaN: the logits contain NaN or +inf values, or a position "
+                "whose logits are all -inf"
+            )
     return HeadTail(**fields)
 
 

@@ -19,8 +19,10 @@ from torch.autograd.function import once_differentiable
 
 from ._checks import check_logits, check_position_mask, check_temperature, compute_dtype
 from ._dists import make_dists
+from ._masking import check_masks
 from .divergences import LOSSES, Kernel, get_loss
 from .headtail import head_tail
+from .sparse import SparseTeacher, sparse_per_row, sparse_per_token
 from .stats import KDStats
 
 _CHUNK_ELEMENTS = 1 << 20
@@ -121,7 +123,7 @@ def _check_finite(values: torch.Tensor, name: str) -> None:
 def _per_row(
     name: str,
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | SparseTeacher,
     temperature: float,
     vocab_size: int | None,
     params: dict[str, Any],
@@ -131,6 +133,9 @@ def _per_row(
     spec = get_loss(name)
     resolved = spec.resolve(params)
     temperature = check_temperature(temperature)
+    if isinstance(teacher_logits, SparseTeacher):
+        return sparse_per_row(spec, resolved, student_logits, teacher_logits, temperature,
+                              vocab_size, valid)
     student_logits, teacher_logits = check_logits(student_logits, teacher_logits, vocab_size)
     shape = student_logits.shape[:-1]
     vocab = student_logits.shape[-1]
@@ -141,6 +146,7 @@ def _per_row(
         flat = valid.reshape(-1)
         if not bool(flat.all()):
             rows = flat.nonzero().squeeze(-1)
+    check_masks([(spec.name, resolved)], s2, t2, rows, shape)
     values = _ChunkedDivergence.apply(s2, t2, spec.kernel, resolved, temperature, rows)
     _check_finite(values.detach(), name)
     return values.reshape(shape)
@@ -149,7 +155,7 @@ def _per_row(
 def divergence(
     name: str,
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | SparseTeacher,
     *,
     temperature: float = 1.0,
     vocab_size: int | None = None,
@@ -159,14 +165,15 @@ def divergence(
 
     Differentiable w.r.t. `student_logits`. `params` are the loss's parameters (see
     `akl_core.LOSSES[name].params`). `vocab_size` cuts both logits to their first entries
-    (for padded output layers). No tau^2 factor is applied.
+    (for padded output layers). No tau^2 factor is applied. `teacher_logits` may be an
+    `akl_core.SparseTeacher` (top-k log-probs) instead.
     """
     return _per_row(name, student_logits, teacher_logits, temperature, vocab_size, params)
 
 
 def distillation_loss(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | SparseTeacher,
     *,
     loss: str = "akl",
     labels: torch.Tensor | None = None,
@@ -246,7 +253,8 @@ def _stats(
     resolved = get_loss(loss).resolve(params)
     mu = float(resolved.get("mu", 0.5))
     boundary = str(resolved.get("boundary", "reference"))
-    s, t = student_logits.detach(), teacher_logits.detach()
+    s = student_logits.detach()
+    t = teacher_logits if isinstance(teacher_logits, SparseTeacher) else teacher_logits.detach()
     ht = head_tail(s, t, mu=mu, boundary=boundary, temperature=temperature,
                    vocab_size=vocab_size)
     divs = per_token_divergences(s, t, names=["fkl", "rkl"], temperature=temperature,
@@ -261,7 +269,7 @@ def _stats(
 @torch.no_grad()
 def per_token_divergences(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | SparseTeacher,
     *,
     names: list[str] | tuple[str, ...] | None = None,
     temperature: float = 1.0,
@@ -273,11 +281,14 @@ def per_token_divergences(
     """
     specs = [get_loss(n) for n in (names if names is not None else list(LOSSES))]
     temperature = check_temperature(temperature)
+    if isinstance(teacher_logits, SparseTeacher):
+        return sparse_per_token(specs, student_logits, teacher_logits, temperature, vocab_size)
     student_logits, teacher_logits = check_logits(student_logits, teacher_logits, vocab_size)
     shape = student_logits.shape[:-1]
     vocab = student_logits.shape[-1]
     s2, t2 = student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab)
     dtype = compute_dtype(student_logits.dtype)
+    check_masks([(spec.name, spec.defaults()) for spec in specs], s2, t2, None, shape)
     out = {spec.name: [] for spec in specs}
     step = _rows_per_chunk(vocab)
     for start in range(0, s2.shape[0], step):

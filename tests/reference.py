@@ -141,3 +141,88 @@ def reference_value(name, student_logits, teacher_logits, temperature=1.0, **par
     else:
         out = BY_NAME[name](probs(zt, temperature), probs(zs, temperature), **params)
     return out.reshape(shape)
+
+
+# --- ToDi (Jung et al., EMNLP 2025) ----------------------------------------------------------
+
+
+def _log_ratio_terms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per entry a * log(a / b): 0 where a = 0, +inf where a > 0 = b."""
+    safe_a = torch.where(a > 0, a, torch.ones_like(a))
+    return torch.where(a > 0, safe_a * (safe_a.log() - b.log()), torch.zeros_like(a))
+
+
+def todi(p, q, beta=1.0):
+    """sum_i a_i p_i log(p_i/q_i) + (1 - a_i) q_i log(q_i/p_i), a_i = sigmoid(beta log(p_i/q_i))
+    with a detached; entries with p = q = 0 skipped, one-sided zeros give +inf."""
+    live = (p > 0) | (q > 0)
+    one = torch.ones_like(p)
+    ratio = torch.where(live, p, one).log() - torch.where(live, q, one).log()
+    a = torch.sigmoid(beta * ratio).detach()
+    forward = _log_ratio_terms(p, q)
+    reverse = _log_ratio_terms(q, p)
+    terms = torch.where(a > 0, a * forward, torch.zeros_like(a)) + torch.where(
+        a < 1, (1 - a) * reverse, torch.zeros_like(a)
+    )
+    return torch.where(live, terms, torch.zeros_like(terms)).sum(-1)
+
+
+BY_NAME["todi"] = todi
+
+
+# --- top-k (sparse) teachers -------------------------------------------------------------------
+
+
+def sparse_bins(student_logits, indices, logprobs, tail, temperature=1.0):
+    """(p_bins, q_bins) `[R, k (+1)]` float64 probabilities for a top-k teacher, naively.
+
+    q = softmax(student / T) over the full vocabulary. "bucket": the teacher's top-k plus its
+    missing mass 1 - sum(top-k) (0 when k = V), tempered as k + 1 tokens (p^(1/T), normalised),
+    against q at the same tokens plus q's sum over every other token. "renormalize": both
+    renormalised over the k tokens (teacher: softmax(logprobs / T)).
+    """
+    zs = student_logits.reshape(-1, student_logits.shape[-1])
+    k = indices.shape[-1]
+    idx = indices.reshape(-1, k)
+    lp = logprobs.reshape(-1, k).double()
+    q = probs(zs, temperature)
+    q_top = q.gather(-1, idx)
+    if tail == "renormalize":
+        return torch.softmax(lp / temperature, -1), q_top / q_top.sum(-1, keepdim=True)
+    outside = torch.ones_like(q, dtype=torch.bool).scatter(-1, idx, False)
+    q_rest = (q * outside).sum(-1, keepdim=True)
+    p_top = lp.exp()
+    if k == zs.shape[-1]:
+        missing = torch.zeros_like(p_top[:, :1])
+    else:
+        missing = (1 - p_top.sum(-1, keepdim=True)).clamp_min(0)
+    p = torch.cat([p_top, missing], -1) ** (1.0 / temperature)
+    return p / p.sum(-1, keepdim=True), torch.cat([q_top, q_rest], -1)
+
+
+def akl_parts_bucket(p, q, mu=0.5, boundary="reference"):
+    """AKL's (g_head, g_tail, w) on k + 1 bins whose last bin (the bucket) is never in the head."""
+    head = torch.cat([head_members(p[:, :-1], mu, boundary),
+                      torch.zeros_like(p[:, :1], dtype=torch.bool)], -1)
+    gaps = (p - q.detach()).abs()
+    g_head = (gaps * head).sum(-1)
+    g_tail = (gaps * ~head).sum(-1)
+    total = g_head + g_tail
+    w = torch.where(total > 0, g_head / torch.where(total > 0, total, 1.0), 0.5)
+    return g_head, g_tail, w
+
+
+def sparse_reference_value(name, student_logits, indices, logprobs, tail, temperature=1.0,
+                           **params):
+    """Reference per-position values `[...]` of `name` against a top-k teacher (float64)."""
+    shape = student_logits.shape[:-1]
+    p, q = sparse_bins(student_logits, indices, logprobs, tail, temperature)
+    if name == "taid":
+        out = taid(q.log(), p.log(), **params)
+    elif name in ("akl", "akl_r") and tail == "bucket":
+        _, _, w = akl_parts_bucket(p, q, params.get("mu", 0.5), params.get("boundary", "reference"))
+        a = w if name == "akl" else 1 - w
+        out = a * kl(p, q) + (1 - a) * kl(q, p)
+    else:
+        out = BY_NAME[name](p, q, **params)
+    return out.reshape(shape)

@@ -28,6 +28,7 @@ PARAM_CASES = {
            {"alpha": 0.0, "beta": 1.0}, {"alpha": 0.7, "beta": 0.0}, {"alpha": 0.0, "beta": 0.3},
            {"alpha": 0.0, "beta": 0.0}, {"alpha": 1.0, "beta": 1.0}],
     "taid": [{"t": 0.0}, {"t": 0.4}, {"t": 1.0}],
+    "todi": [{}, {"beta": 0.0}, {"beta": 0.3}, {"beta": 5.0}],
 }
 CASES = [(name, params) for name, cases in PARAM_CASES.items() for params in cases]
 
@@ -97,8 +98,12 @@ def test_masked_with_finfo_min_like_huggingface():
         torch.testing.assert_close(value.double(), expected, rtol=2e-4, atol=2e-5)
 
 
+# Losses with a detached part (AKL's weights, TAID's target, ToDi's per-entry weights) are
+# not the full derivative of their value; ToDi with beta = 0 has constant weights 1/2.
+STOP_GRADIENT = ("akl", "akl_r", "taid", "todi")
 GRADCHECK_CASES = [
-    (name, params) for name, params in CASES if name not in ("akl", "akl_r", "taid")
+    (name, params) for name, params in CASES
+    if name not in STOP_GRADIENT or (name == "todi" and params.get("beta") == 0.0)
 ]
 
 
@@ -111,9 +116,9 @@ def test_gradcheck_float64(name, params):
     )
 
 
-@pytest.mark.parametrize("name", ["akl", "akl_r", "taid"])
+@pytest.mark.parametrize("name", STOP_GRADIENT)
 def test_stop_gradient_losses_are_not_the_full_derivative(name):
-    """AKL's weights and TAID's target are detached by definition, so their gradient is the
+    """AKL's weights, TAID's target and ToDi's weights are detached by definition, so their gradient is the
     frozen-weight derivative (checked against the reference above), NOT the full derivative
     of the value: gradcheck must fail here, which shows the detach is real."""
     student, teacher = logits_pair((3, 6), seed=11, dtype=torch.float64, scale=2.0)

@@ -116,7 +116,7 @@ ALL_PARAMS = [
     ("akl", {"boundary": "paper", "mu": 0.7}), ("akl_r", {}), ("jsd", {"beta": 0.3}),
     ("jsd", {"beta": 0.3, "normalized": True}), ("tvd", {}), ("skl", {}), ("srkl", {}),
     ("ab", {}), ("ab", {"alpha": 0.0, "beta": 0.0}), ("ab", {"alpha": 0.3, "beta": 0.0}),
-    ("taid", {}),
+    ("taid", {}), ("todi", {}), ("todi", {"beta": 0.0}),
 ]
 
 
@@ -233,6 +233,7 @@ def _pair():
         ({"loss": "skl", "alpha": 1.0}, r"alpha must be in \[0, 1\)"),
         ({"loss": "ab", "alpha": -0.5}, r"alpha must be in \[0, 1\]"),
         ({"loss": "taid", "t": 2}, r"t must be in \[0, 1\]"),
+        ({"loss": "todi", "beta": -1.0}, r"beta must be in \[0, 100\]"),
         ({"loss": "fkl", "mu": 0.5}, "unknown parameter"),
         ({"reduction": "avg"}, "reduction must be one of"),
         ({"labels": torch.zeros(2, 4, dtype=torch.long)}, r"labels has shape \(2, 4\)"),
