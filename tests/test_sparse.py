@@ -440,3 +440,16 @@ def test_one_sided_zeros_on_the_bins_raise_like_the_dense_path():
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="produced NaN"):
         akl_core.divergence("rkl", bad, t)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("tail", TAILS)
+def test_cuda_matches_cpu(tail):
+    student, teacher = logits_pair((8, 1000), seed=16, scale=3.0)
+    t = SparseTeacher.from_logits(teacher, 32, tail=tail)
+    for name in akl_core.LOSSES:
+        v_cpu, g_cpu = _grad(name, student, t)
+        v_gpu, g_gpu = _grad(name, student.cuda(), t.to("cuda"))
+        assert v_gpu.device.type == "cuda"
+        torch.testing.assert_close(v_gpu.cpu(), v_cpu, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(g_gpu.cpu(), g_cpu, rtol=1e-4, atol=1e-5)
