@@ -5,6 +5,7 @@ p is always the TEACHER distribution and q the STUDENT's; logits are `[..., V]`.
     import akl_core
     loss = akl_core.distillation_loss(student_logits, teacher_logits, loss="akl", labels=labels)
     diag = akl_core.head_tail(student_logits, teacher_logits)   # g_head, g_tail, w, ...
+    top_k = akl_core.SparseTeacher(indices, logprobs)             # a top-k teacher, anywhere
 """
 
 from .divergences import LOSSES, LossSpec, ParamSpec, get_loss, resolve_params

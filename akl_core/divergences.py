@@ -239,7 +239,9 @@ def todi(d: Dists, need_grad: bool, beta: float) -> KernelResult:
     """ToDi (Jung et al., EMNLP 2025): FKL and RKL mixed per vocabulary entry.
 
     sum_i a_i p_i log(p_i/q_i) + (1 - a_i) q_i log(q_i/p_i), a_i = sigmoid(beta log(p_i/q_i)),
-    a detached (the official code's weight is beta = 1). Every entry is >= 0. Gradient w.r.t. u:
+    a detached (the official code's weight is beta = 1). Every entry is >= 0. At beta = 1,
+    a = p / (p + q) and the VALUE is exactly FKL + RKL; the gradient is not that of FKL + RKL
+    (a is detached). beta = 0: (FKL + RKL) / 2 with its true gradient. Gradient w.r.t. u:
     h - q <1, h> with h_i = q_i g_i = (1 - a_i) q_i (1 - log(p_i/q_i)) - a_i p_i.
     """
     delta = d.lp - d.lq

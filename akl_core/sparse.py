@@ -21,9 +21,11 @@ tail="renormalize": the DistillKit convention. The teacher renormalised over its
 Details of the bucket:
 - The teacher's missing mass is computed in float64 from the given log-probs. Below one unit
   in the last place of 1 in the log-probs' dtype (finfo(dtype).eps / 2: 6e-8 for float32,
-  3.9e-3 for bfloat16) it cannot be told from rounding noise, and it is taken as that amount,
-  or as exactly 0 where the student's remaining mass is exactly 0 too (then the bucket is empty
-  on both sides and contributes 0). With k = V the bucket is always empty (dense result).
+  3.9e-3 for bfloat16) it cannot be told from rounding noise and is taken as that amount (so a
+  top-k that rounds to mass 1 never makes RKL-type losses infinite). Where the student's
+  remaining mass is exactly 0 (it masks every token outside the top-k), a missing mass within
+  the rounding tolerance (`mass_tolerance`) is taken as 0: the bucket is empty on both sides
+  and contributes 0. With k = V the bucket is always empty (the dense result).
 - Temperature T divides the student's logits before binning (exact), and the teacher's k + 1
   log-masses as if the bucket were one token: its tempered mass is m^(1/T) instead of the
   unknown sum of the tail's p_j^(1/T). At T = 1 (and for k = V) this is exact.
@@ -235,9 +237,8 @@ def _teacher_bucket(
     if logprobs.shape[-1] == vocab:
         return student_rest.new_full(student_rest.shape, float("-inf"), dtype=dtype)
     missing = -torch.expm1(logprobs.double().logsumexp(-1))
-    floor = torch.finfo(logprobs.dtype).eps / 2
-    bucket = missing.clamp_min(floor).log()
-    both_empty = (missing <= floor) & student_rest.isneginf()
+    bucket = missing.clamp_min(torch.finfo(logprobs.dtype).eps / 2).log()
+    both_empty = (missing <= mass_tolerance(logprobs.dtype)) & student_rest.isneginf()
     return bucket.masked_fill(both_empty, float("-inf")).to(dtype)
 
 

@@ -158,7 +158,8 @@ def todi(p, q, beta=1.0):
     live = (p > 0) | (q > 0)
     one = torch.ones_like(p)
     ratio = torch.where(live, p, one).log() - torch.where(live, q, one).log()
-    a = torch.sigmoid(beta * ratio).detach()
+    # beta = 0: a = 1/2 everywhere (0 * log(0) would make it NaN at one-sided zeros)
+    a = torch.sigmoid(beta * ratio).detach() if beta != 0 else torch.full_like(ratio, 0.5)
     forward = _log_ratio_terms(p, q)
     reverse = _log_ratio_terms(q, p)
     terms = torch.where(a > 0, a * forward, torch.zeros_like(a)) + torch.where(

@@ -49,6 +49,20 @@ def test_beta_zero_is_half_fkl_plus_rkl():
     torch.testing.assert_close(s1.grad, s2.grad, rtol=1e-10, atol=1e-13)
 
 
+def test_beta_one_value_is_fkl_plus_rkl_but_not_its_gradient():
+    """sigmoid(log(p/q)) = p / (p + q), so a p - (1 - a) q = p - q: the value is Jeffreys'
+    FKL + RKL; the detached weights make the gradient differ from FKL + RKL's."""
+    student, teacher = logits_pair((6, 40), seed=12, scale=2.0, dtype=torch.float64)
+    s1 = student.clone().requires_grad_(True)
+    s2 = student.clone().requires_grad_(True)
+    todi = akl_core.divergence("todi", s1, teacher)
+    jeffreys = 2 * akl_core.divergence("fkl_rkl", s2, teacher, lam=0.5)
+    torch.testing.assert_close(todi, jeffreys, rtol=1e-12, atol=1e-13)
+    todi.sum().backward()
+    jeffreys.sum().backward()
+    assert (s1.grad - s2.grad).abs().max() > 1e-2
+
+
 def test_large_beta_is_the_hard_switch():
     """beta -> inf: FKL terms where p > q, RKL terms where q > p."""
     student, teacher = logits_pair((5, 30), seed=3, scale=2.0, dtype=torch.float64)
