@@ -10,6 +10,8 @@ from __future__ import annotations
 import streamlit as st
 from live_runner import LiveRun, LiveView
 from ui_common import (
+    confine_data,
+    confine_model_spec,
     default_response_tokens,
     default_student_spec,
     default_teacher_spec,
@@ -150,11 +152,12 @@ if stop_clicked and live is not None:
 if run_clicked:
     with show_errors("Cannot start"):
         config = DistillConfig(
-            teacher=teacher_spec.strip() or None, student=student_spec.strip(), loss=loss,
+            teacher=teacher_spec.strip() or None,
+            student=confine_model_spec(student_spec, "Student"), loss=loss,
             loss_params=loss_params, steps=int(steps), batch_size=int(batch_size),
             max_length=int(max_length), lr=float(lr), kd_ratio=float(kd_ratio),
             temperature=float(temperature), seed=int(seed), probe_every=int(probe_every),
-            probe_topk=int(probe_topk), data=data_source.strip(), targets=targets,
+            probe_topk=int(probe_topk), data=confine_data(data_source), targets=targets,
             max_examples=int(max_examples) or None, response_tokens=int(response_tokens),
         ).validate()
         teacher = get_teacher(teacher_spec.strip())
