@@ -59,8 +59,10 @@ def is_loopback(address: str | None) -> bool:
 def guard_network() -> None:
     """Stop the page when the server listens beyond loopback, unless $AKL_APP_ALLOW_REMOTE=1
     (then warn): anyone reaching it could load local folders as models and start jobs."""
-    address = st.get_option("server.address")
-    if address is None and st.get_option("global.appTest"):
+    from streamlit import config  # looked up per call: AppTest's option patches apply
+
+    address = config.get_option("server.address")
+    if address is None and config.get_option("global.appTest"):
         return  # Streamlit's AppTest: no server listens at all
     if is_loopback(address):
         return

@@ -108,7 +108,7 @@ with st.sidebar:
     stop_clicked = c2.button("Stop", disabled=not active, key="live_stop")
 
 
-with show_errors("Teacher"):
+with show_errors("Cannot load the teacher"):
     # Loaded (once per process) when the page opens, so pressing Run starts training at once.
     loaded = get_teacher(teacher_spec.strip())
     st.caption(f"Teacher **{loaded.name}**: {loaded.num_layers} layers, "
