@@ -133,9 +133,14 @@ def make_job(config: DistillConfig, teacher: object, save: bool):
         run = session.run = Run.create(runs_root(), loss=config.loss)
         info["run_dir"] = str(run.path)
         info["run_name"] = run.name
-        for record in session:
-            info["stage"] = "training"
-            yield record
+        try:
+            for record in session:
+                info["stage"] = "training"
+                yield record
+        finally:
+            if run.discard_if_empty():  # stopped or failed before its first step
+                info.pop("run_dir", None)
+                info.pop("run_name", None)
         info["student"] = student  # kept in memory for evaluation (Compare runs)
         if save:
             info["stage"] = "saving the student"
