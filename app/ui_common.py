@@ -20,6 +20,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -111,8 +112,7 @@ def confine_model_spec(spec: str, what: str) -> str:
     from akl_core.lab.models import _is_bundled
 
     text = spec.strip()
-    low = text.lower()
-    if _is_bundled(text) or low.startswith("truncate") or low == "tiny" or low.startswith("tiny:"):
+    if _is_bundled(text) or re.fullmatch(r"(truncate:\s*\d+|tiny(:\s*\d+)?)", text.lower()):
         return text
     if text.startswith((".", "/", "~", "\\")) or os.path.isabs(text) or \
             Path(text).expanduser().exists():
