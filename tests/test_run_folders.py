@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import shutil
 import threading
@@ -267,35 +268,48 @@ def _damage(data: bytes, kind: str, at: float, payload: bytes) -> bytes:
         return data[:cut] + payload + data[cut + len(payload):]
     if kind == "insert":
         return data[:cut] + payload + data[cut:]
+    if kind == "line":  # one whole line becomes the payload
+        lines = data.split(b"\n")
+        lines[int(at * (len(lines) - 1))] = payload
+        return b"\n".join(lines)
     return payload  # "replace": the whole file becomes the payload
 
 
-PAYLOADS = st.sampled_from([b"[]", b"5", b'"x"', b"null", b"{", b"NaN", b'{"step": "1"}',
-                            b"\n[]\n", b"\xff\xfe", b'{"status": 5}', b"\x00"]) | st.binary(
-    min_size=1, max_size=12)
+STRUCTURED = st.sampled_from([b"[]", b"5", b'"x"', b"null", b"{", b"NaN", b'{"step": "1"}',
+                              b"\n[]\n", b"\xff\xfe", b'{"status": 5}', b"\x00", b"1e999",
+                              b'{"student": [1], "generations": [{"x": 1}]}',
+                              b'  "status": 5,', b'  "steps_done": "3",', b'  "final_loss": [],',
+                              b'  "loss": {"a": 1},', b'  "student": "x",'])
+PAYLOADS = st.one_of(STRUCTURED, STRUCTURED, st.binary(min_size=1, max_size=12))
 DAMAGES = st.tuples(
     st.sampled_from(["r1-fkl", "r2-akl", "r3-rkl"]), st.sampled_from(FILES),
-    st.sampled_from(["truncate", "overwrite", "insert", "replace"]),
+    st.sampled_from(["truncate", "overwrite", "insert", "line", "replace"]),
     st.floats(0.0, 1.0), PAYLOADS,
 )
 
 
-@settings(max_examples=15, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                 HealthCheck.too_slow])
-@given(damages=st.lists(DAMAGES, min_size=1, max_size=3))
-def test_fuzz_damaged_files_never_raise_or_hide_a_healthy_run(compare_page, damages):
-    """Random truncation / corruption of the files of a few run folders: runs.load_run,
-    list_runs, `akl runs` (table and --json) and the Compare runs page never raise, list every
-    run, and report every untouched run exactly as before."""
-    work, pristine, healthy = compare_page["work"], compare_page["pristine"], compare_page["healthy"]
-    shutil.rmtree(work)
+def _damaged_copy(pristine: Path, work: Path, damages) -> set[str]:
+    shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(pristine, work)
-    touched = set()
     for name, file, kind, where, payload in damages:
         path = work / name / file
         path.write_bytes(_damage(path.read_bytes(), kind, where, payload))
-        touched.add(name)
+    return {name for name, *_ in damages}
+
+
+FUZZ = settings(deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@settings(FUZZ, max_examples=60)
+@given(damages=st.lists(DAMAGES, min_size=1, max_size=10))
+def test_fuzz_damaged_files_never_raise_or_hide_a_healthy_run(compare_page, damages):
+    """Random truncation / corruption of the files of a few run folders: runs.load_run,
+    list_runs, compare and `akl runs` (table and --json) never raise, list every run, and
+    report every untouched run exactly as before."""
+    work = compare_page["pristine"].parent / "work_cli"
+    healthy = compare_page["healthy"]
+    touched = _damaged_copy(compare_page["pristine"], work, damages)
     names = sorted(healthy)
 
     for name in names:
@@ -308,10 +322,17 @@ def test_fuzz_damaged_files_never_raise_or_hide_a_healthy_run(compare_page, dama
             assert not r.broken
             assert (r.status, r.steps, r.probes, r.eval, r.config) == \
                 (h.status, h.steps, h.probes, h.eval, h.config)
-        elif r.broken:
-            assert all(f in FILES for f in r.problems)
+        else:
+            assert set(r.problems) <= set(FILES), r.problems
     rows = compare(found)
     assert [r["run"] for r in rows] == names
+    for row in rows:  # what a table / dataframe needs: one type per column
+        assert isinstance(row["status"], str) and isinstance(row["steps"], int)
+        assert all(isinstance(row[k], (str, type(None))) for k in ("loss", "problem"))
+        assert all(row[k] is None or (isinstance(row[k], (int, float))
+                                      and math.isfinite(row[k]))
+                   for k in ("final_loss", "g_head", "g_tail", "rougeL_teacher", "rougeL_gold",
+                             "distinct_2"))
 
     code, out, err = run_cli("runs", "--runs-dir", str(work))
     assert code == 0 and "Traceback" not in err
@@ -320,5 +341,14 @@ def test_fuzz_damaged_files_never_raise_or_hide_a_healthy_run(compare_page, dama
     assert code == 0, err
     assert [r["run"] for r in strict_json(out)] == names
 
+
+@settings(FUZZ, max_examples=12)
+@given(damages=st.lists(DAMAGES, min_size=1, max_size=10))
+def test_fuzz_compare_page_never_fails_or_hides_a_run(compare_page, damages):
+    """The same damage on the Compare runs page (AppTest): no exception, no error line, a row
+    for every run, untouched runs not marked broken."""
+    touched = _damaged_copy(compare_page["pristine"], compare_page["work"], damages)
     compare_page["at"].run()
-    assert [r["run"] for r in page_rows(compare_page["at"])] == names
+    rows = page_rows(compare_page["at"])
+    assert [r["run"] for r in rows] == sorted(compare_page["healthy"])
+    assert all(r["status"] != "broken" for r in rows if r["run"] not in touched)
