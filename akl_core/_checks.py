@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -96,3 +97,61 @@ def check_position_mask(
             f"Shift labels to the logits yourself: logits[:, :-1] pairs with labels[:, 1:]."
         )
     return tensor
+
+
+def check_num_items(
+    num_items: int | float | torch.Tensor | None, reduction: str
+) -> float | None:
+    """Return `num_items` as a finite float > 0 (None stays None), or raise ValueError.
+
+    `num_items` is the denominator of reduction="mean" only: with "sum" or "none" it would be
+    ignored, so it is refused there. A tensor must hold exactly one number.
+    """
+    if num_items is None:
+        return None
+    if reduction != "mean":
+        raise ValueError(
+            f"num_items is the denominator of reduction='mean'; it has no effect with "
+            f"reduction={reduction!r}: drop it, or divide the sum yourself"
+        )
+    if isinstance(num_items, torch.Tensor):
+        if num_items.numel() != 1:
+            raise ValueError(
+                f"num_items must be one number; got a tensor of shape {tuple(num_items.shape)}"
+            )
+        if num_items.dtype == torch.bool:
+            raise ValueError(f"num_items must be > 0 (a finite number), got {num_items!r}")
+        num_items = num_items.item()
+    if isinstance(num_items, bool) or not isinstance(num_items, numbers.Real):
+        raise ValueError(f"num_items must be > 0 (a finite number), got {num_items!r}")
+    if not math.isfinite(num_items) or num_items <= 0:
+        raise ValueError(f"num_items must be > 0 (a finite number), got {num_items!r}")
+    return float(num_items)
+
+
+def check_labels(labels: torch.Tensor | None) -> torch.Tensor | None:
+    """Labels must be integer token ids (e.g. -100 where ignored); bool or float is refused."""
+    if labels is None:
+        return None
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise ValueError(
+            f"labels must be integer token ids (ignore_index where a position is ignored), got "
+            f"dtype {labels.dtype}; pass a bool keep-mask as mask= instead"
+        )
+    return labels
+
+
+def check_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A mask must be bool, or numbers that are exactly 0 or 1 (no 0.5, no NaN); returns bool."""
+    if mask is None or mask.dtype == torch.bool:
+        return mask
+    if mask.is_complex():
+        raise ValueError(f"mask must be bool or hold only 0 and 1, got dtype {mask.dtype}")
+    bad = (mask != 0) & (mask != 1)  # NaN compares unequal to both
+    if bool(bad.any()):
+        first = mask[bad].reshape(-1)[0].item()
+        raise ValueError(
+            f"mask must be bool or hold only 0 and 1 (1 = keep the position), found {first!r} "
+            f"at {int(bad.sum())} position(s)"
+        )
+    return mask != 0

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from ._dists import Dists, log_probs, with_student
-from .headtail import BOUNDARIES, gaps_and_weight
+from ._dists import Dists, log_probs, make_dists, with_student
+from .headtail import BOUNDARIES, MU_MAX, gaps_and_weight
 
 KernelResult = tuple[torch.Tensor, "torch.Tensor | None"]
 Kernel = Callable[..., KernelResult]
@@ -71,6 +71,23 @@ def autograd_kernel(value_fn: Callable[..., torch.Tensor]) -> Kernel:
     kernel.__doc__ = value_fn.__doc__
     kernel.__name__ = value_fn.__name__
     return kernel
+
+
+# Parameters this close (but not equal) to a range end make float32 cancel catastrophically
+# (ab, normalized jsd): such chunks are computed in float64 (checked against mpmath).
+_FLOAT64_BELOW = 0.05
+
+
+def _in_float64(kernel: Kernel, d: Dists, need_grad: bool, **params: Any) -> KernelResult:
+    """`kernel` on a float64 copy of the chunk; value and gradient come back in d's dtype."""
+    if d.u.dtype == torch.float64:
+        return kernel(d, need_grad, **params)
+    device = torch.device("cpu") if d.u.device.type == "mps" else d.u.device  # no float64 on MPS
+    d64 = make_dists(d.u.to(device, torch.float64), d.lp.to(device, torch.float64), 1.0,
+                     torch.float64, floored=d.floored)
+    value, grad = kernel(d64, need_grad, **params)
+    back = {"device": d.u.device, "dtype": d.u.dtype}
+    return value.to(**back), (None if grad is None else grad.to(**back))
 
 
 def _log_mixture(la: torch.Tensor, lb: torch.Tensor, weight_a: float) -> torch.Tensor:
@@ -158,6 +175,8 @@ def jsd(d: Dists, need_grad: bool, beta: float, normalized: bool) -> KernelResul
         return fkl(d, need_grad)
     if beta == 1.0:
         return rkl(d, need_grad)
+    if normalized and min(beta, 1.0 - beta) < _FLOAT64_BELOW:
+        return _in_float64(_jsd_value, d, need_grad, beta=beta, normalized=normalized)
     return _jsd_value(d, need_grad, beta=beta, normalized=normalized)
 
 
@@ -232,6 +251,8 @@ def ab(d: Dists, need_grad: bool, alpha: float, beta: float) -> KernelResult:
         return fkl(d, need_grad)
     if (alpha, beta) == (0.0, 1.0):
         return rkl(d, need_grad)
+    if 0.0 < alpha < _FLOAT64_BELOW or 0.0 < beta < _FLOAT64_BELOW:
+        return _in_float64(_ab_value, d, need_grad, alpha=alpha, beta=beta)
     return _ab_value(d, need_grad, alpha=alpha, beta=beta)
 
 
@@ -262,7 +283,9 @@ def todi(d: Dists, need_grad: bool, beta: float) -> KernelResult:
 class ParamSpec:
     """One loss parameter: default, valid range (or choices) and a one-line description.
 
-    Numeric ranges are [low, high]; low_open / high_open exclude an end.
+    Numeric ranges are [low, high]; low_open / high_open exclude an end. `gap` > 0 also
+    refuses values closer than `gap` to a closed end without being that end (where even
+    float64 loses the value to cancellation).
     """
 
     name: str
@@ -273,6 +296,7 @@ class ParamSpec:
     low_open: bool = False
     high_open: bool = False
     choices: tuple[Any, ...] | None = None
+    gap: float = 0.0
 
     def range_text(self) -> str:
         """The valid range as text, e.g. '(0, 1)' or "one of ('reference', 'paper')"."""
@@ -280,7 +304,8 @@ class ParamSpec:
             return f"one of {self.choices}"
         left = "(" if self.low_open else "["
         right = ")" if self.high_open else "]"
-        return f"{left}{self.low:g}, {self.high:g}{right}"
+        text = f"{left}{self.low:g}, {self.high:g}{right}"
+        return text + (f" and not within {self.gap:g} of an end" if self.gap else "")
 
     def validate(self, value: Any, loss: str) -> Any:
         """Return the value (floats as float) or raise ValueError naming loss, parameter, range."""
@@ -302,7 +327,9 @@ class ParamSpec:
         assert self.low is not None and self.high is not None
         too_low = number <= self.low if self.low_open else number < self.low
         too_high = number >= self.high if self.high_open else number > self.high
-        if math.isnan(number) or too_low or too_high:
+        near_end = self.gap and (0 < number - self.low < self.gap
+                                 or 0 < self.high - number < self.gap)
+        if math.isnan(number) or too_low or too_high or near_end:
             raise ValueError(f"{where} must be in {self.range_text()}, got {value!r}")
         return number
 
@@ -335,7 +362,8 @@ class LossSpec:
         return {name: spec.default for name, spec in self.params.items()}
 
 
-_MU = ParamSpec("mu", 0.5, "teacher mass that defines the head", 0.0, 1.0, True, True)
+_MU = ParamSpec("mu", 0.5, "teacher mass that defines the head", 0.0, MU_MAX, True)
+_GAP = 1e-10  # ab / jsd: float64 keeps the value accurate down to here (mpmath-checked)
 _BOUNDARY = ParamSpec(
     "boundary",
     "reference",
@@ -360,7 +388,8 @@ LOSSES: dict[str, LossSpec] = {
                  "(1−w)·FKL + w·RKL", akl_r, {"mu": _MU, "boundary": _BOUNDARY}),
         LossSpec("jsd", "Generalized Jensen-Shannon; β is the TEACHER's weight in M",
                  "β·KL(p‖M) + (1−β)·KL(q‖M), M = βp + (1−β)q", jsd,
-                 {"beta": ParamSpec("beta", 0.5, "teacher weight β in the mixture M", 0.0, 1.0),
+                 {"beta": ParamSpec("beta", 0.5, "teacher weight β in the mixture M", 0.0, 1.0,
+                                    gap=_GAP),
                   "normalized": ParamSpec("normalized", False,
                                           "divide by β(1−β): continuous, → FKL/RKL at the ends",
                                           choices=(False, True))}),
@@ -371,8 +400,8 @@ LOSSES: dict[str, LossSpec] = {
                  {"alpha": ParamSpec("alpha", 0.1, "skew α", 0.0, 1.0, high_open=True)}),
         LossSpec("ab", "Alpha-beta divergence (ABKD); (1,0) = FKL, (0,1) = RKL",
                  "D_AB^(α,β)(p‖q)", ab,
-                 {"alpha": ParamSpec("alpha", 0.5, "α", 0.0, 1.0),
-                  "beta": ParamSpec("beta", 0.5, "β", 0.0, 1.0)}),
+                 {"alpha": ParamSpec("alpha", 0.5, "α", 0.0, 1.0, gap=_GAP),
+                  "beta": ParamSpec("beta", 0.5, "β", 0.0, 1.0, gap=_GAP)}),
         LossSpec("taid", "TAID: KL(p_t‖q) to an interpolation of student and teacher",
                  "KL(p_t ‖ q), p_t = softmax((1−t)·sg(z_S) + t·z_T)", taid,
                  {"t": ParamSpec("t", 0.4, "interpolation t (TAIDSchedule updates it)",

@@ -32,14 +32,18 @@ _TOPK_STAGES = (64, 2048)
 _CHUNK_ELEMENTS = 1 << 21
 
 
+# Largest head mass: float32 cumulative sums cannot place a boundary much closer to 1.
+MU_MAX = 0.9999
+
+
 def check_mu(mu: float) -> float:
-    """Return mu as a float, or raise unless 0 < mu < 1."""
+    """Return mu as a float, or raise unless 0 < mu <= MU_MAX (0.9999)."""
     try:
         value = float(mu)
     except (TypeError, ValueError):
-        raise ValueError(f"mu must be a number in (0, 1), got {mu!r}") from None
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"mu must be in (0, 1) (exclusive), got {mu!r}")
+        raise ValueError(f"mu must be a number in (0, {MU_MAX:g}], got {mu!r}") from None
+    if not 0.0 < value <= MU_MAX:
+        raise ValueError(f"mu must be in (0, {MU_MAX:g}], got {mu!r}")
     return value
 
 

@@ -17,7 +17,15 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._checks import check_logits, check_position_mask, check_temperature, compute_dtype
+from ._checks import (
+    check_labels,
+    check_logits,
+    check_mask,
+    check_num_items,
+    check_position_mask,
+    check_temperature,
+    compute_dtype,
+)
 from ._dists import make_dists
 from ._masking import check_masks
 from .divergences import LOSSES, Kernel, get_loss
@@ -191,8 +199,10 @@ def distillation_loss(
     Valid positions: `labels != ignore_index` (labels `[...]`, already aligned with the
     logits) and/or `mask` (bool or 0/1 `[...]`); both given means both must hold.
     reduction="mean": sum over valid positions / their number, pooled over the whole batch
-    (`num_items` replaces that denominator, e.g. for gradient accumulation or multi-GPU);
+    (`num_items`, a finite number > 0, replaces that denominator, e.g. for gradient
+    accumulation or multi-GPU; it is refused with "sum" and "none", where it would do nothing);
     "sum": the sum over valid positions; "none": per-position values `[...]`, 0 where masked.
+    labels must be integer ids; a non-bool mask must hold exactly 0 or 1 (ValueError otherwise).
     With every position masked, "mean" and "sum" return 0 (never NaN).
     return_stats=True returns `(loss, stats)`, stats an `akl_core.KDStats` of detached
     per-position diagnostics (0 at masked positions).
@@ -201,9 +211,10 @@ def distillation_loss(
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if not isinstance(student_logits, torch.Tensor):
         check_logits(student_logits, teacher_logits)
+    num_items = check_num_items(num_items, reduction)
     positions = student_logits.shape[:-1]
-    labels = check_position_mask("labels", labels, positions)
-    mask = check_position_mask("mask", mask, positions)
+    labels = check_labels(check_position_mask("labels", labels, positions))
+    mask = check_mask(check_position_mask("mask", mask, positions))
     valid = None
     if labels is not None:
         valid = labels.to(student_logits.device) != ignore_index
@@ -230,10 +241,7 @@ def _reduce(
     if reduction == "sum":
         return total
     if num_items is not None:
-        denom = float(num_items.item() if isinstance(num_items, torch.Tensor) else num_items)
-        if not denom > 0:
-            raise ValueError(f"num_items must be > 0, got {num_items!r}")
-        return total / denom
+        return total / num_items
     count = values.numel() if valid is None else int(valid.sum())
     return total / count if count > 0 else total * 0.0
 

@@ -12,6 +12,16 @@ from __future__ import annotations
 
 import math
 
+_DELTA_LIMIT = 1e300
+
+
+def _sigmoid(x: float) -> float:
+    """1 / (1 + e^-x) without overflow for any finite x."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
 
 class TAIDSchedule:
     """Adaptive t for the `taid` loss. `update(loss, step, total_steps)` returns the new t."""
@@ -53,8 +63,9 @@ class TAIDSchedule:
         floor = self.linear_t(step, total_steps)
         if self.adaptive and self._prev_loss is not None:
             delta = (self._prev_loss - loss) / (abs(self._prev_loss) + 1e-15)
+            delta = min(max(delta, -_DELTA_LIMIT), _DELTA_LIMIT)  # finite even after a 0 loss
             self.m = self.momentum * self.m + (1.0 - self.momentum) * delta
-            grown = self.t + self.step_size * (1.0 / (1.0 + math.exp(-self.m))) * (1.0 - self.t)
+            grown = self.t + self.step_size * _sigmoid(self.m) * (1.0 - self.t)
         else:
             grown = self.t
         self._prev_loss = loss

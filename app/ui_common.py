@@ -3,16 +3,27 @@
 Everything numeric comes from akl_core; figures come from akl_core.lab.viz. This module only
 turns the loss registry into widgets, shows errors as messages, colours token strings for
 HTML display and caches models once per process with st.cache_resource.
+
+Safety (local-only dashboard): app/.streamlit/config.toml binds the server to 127.0.0.1
+wherever it is started from; every page refuses to run when the server listens beyond
+loopback anyway (a --server.address flag or STREAMLIT_SERVER_ADDRESS), unless
+AKL_APP_ALLOW_REMOTE=1 is set, and then warns. Folders and files typed into the pages (model
+folders, data JSONL, runs folders) must lie inside the runs folder, the model cache, the
+folders of AKL_APP_TEACHER / AKL_APP_STUDENT, or a folder listed in AKL_ALLOWED_DIRS
+(separated by the OS path separator, ':' on Linux and macOS).
 """
 
 from __future__ import annotations
 
 import html
+import ipaddress
 import json
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -21,12 +32,100 @@ TEACHER_ENV = "AKL_APP_TEACHER"
 STUDENT_ENV = "AKL_APP_STUDENT"
 RUNS_ENV = "AKL_APP_RUNS_DIR"
 DEFAULT_STUDENT = "truncate:4"
+REMOTE_ENV = "AKL_APP_ALLOW_REMOTE"
+ALLOWED_ENV = "AKL_ALLOWED_DIRS"
 
 
 def page_setup(title: str) -> None:
-    """Common page config and title (wide layout)."""
+    """Common page config, the network guard (see guard_network) and the title."""
     st.set_page_config(page_title=f"AKL Explorer: {title}", layout="wide")
+    guard_network()
     st.title(title)
+
+
+def is_loopback(address: str | None) -> bool:
+    """Whether a server.address only accepts connections from this machine."""
+    if not address:
+        return False  # unset or "": every interface
+    if address.startswith("unix://"):
+        return True
+    if address.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def guard_network() -> None:
+    """Stop the page when the server listens beyond loopback, unless $AKL_APP_ALLOW_REMOTE=1
+    (then warn): anyone reaching it could load local folders as models and start jobs."""
+    from streamlit import config  # looked up per call: AppTest's option patches apply
+
+    address = config.get_option("server.address")
+    if address is None and config.get_option("global.appTest"):
+        return  # Streamlit's AppTest: no server listens at all
+    if is_loopback(address):
+        return
+    where = f"address {address}" if address else "every network interface"
+    if os.environ.get(REMOTE_ENV) == "1":
+        st.warning(f"This dashboard listens on {where} ({REMOTE_ENV}=1): anyone who can reach "
+                   "this machine can use it, load models from the allowed folders and start "
+                   "training jobs. Use it on a trusted network only.")
+        return
+    st.error(f"Refused: this dashboard listens on {where}, so other machines could use it. "
+             "Start it with --server.address 127.0.0.1 (as `make app` does), or set "
+             f"{REMOTE_ENV}=1 to allow it on a trusted network.")
+    st.stop()
+
+
+def allowed_dirs() -> list[Path]:
+    """Folders the pages may read: the runs folder, the model cache, the folders of the
+    AKL_APP_TEACHER / AKL_APP_STUDENT defaults and those listed in $AKL_ALLOWED_DIRS."""
+    from akl_core.lab import models, runs
+
+    dirs = [Path(runs_root() or runs.default_root()), models.cache_dir()]
+    for key in (TEACHER_ENV, STUDENT_ENV):
+        value = os.environ.get(key, "").strip()
+        if value and Path(value).expanduser().is_dir():
+            dirs.append(Path(value).expanduser())
+    dirs += [Path(p).expanduser() for p in os.environ.get(ALLOWED_ENV, "").split(os.pathsep)
+             if p.strip()]
+    return [d.resolve() for d in dirs]
+
+
+def confine(path_text: str, what: str) -> Path:
+    """The resolved path if it lies inside an allowed folder (see allowed_dirs), else
+    ValueError with one line. Symbolic links are followed before the check."""
+    path = Path(path_text.strip()).expanduser().resolve()
+    for root in allowed_dirs():
+        if path == root or root in path.parents:
+            return path
+    raise ValueError(f"{what}: {path_text.strip()} is outside the folders this dashboard may "
+                     f"open (the runs folder, the model cache and ${ALLOWED_ENV}); add its "
+                     f"folder to {ALLOWED_ENV} to allow it")
+
+
+def confine_model_spec(spec: str, what: str) -> str:
+    """A model spec as typed: bundled / truncate:K / tiny / hub names pass; a folder path must
+    be inside an allowed folder (ValueError otherwise)."""
+    from akl_core.lab.models import _is_bundled
+
+    text = spec.strip()
+    if _is_bundled(text) or re.fullmatch(r"(truncate:\s*\d+|tiny(:\s*\d+)?)", text.lower()):
+        return text
+    if text.startswith((".", "/", "~", "\\")) or os.path.isabs(text) or \
+            Path(text).expanduser().exists():
+        confine(text, what)
+    return text
+
+
+def confine_data(source: str, what: str = "Data") -> str:
+    """A data source as typed: bundled:<split> passes; a file must be in an allowed folder."""
+    text = source.strip()
+    if not text.startswith("bundled"):
+        confine(text, what)
+    return text
 
 
 def default_teacher_spec() -> str:
@@ -99,16 +198,19 @@ def cached_student(teacher_spec: str, student_spec: str, seed: int = 0) -> Any:
     """An untrained student (read-only, shared) for inspection, built against the teacher."""
     from akl_core.lab.models import load_student
 
-    bundle = load_student(student_spec, cached_teacher(teacher_spec), seed=seed)
+    confine_model_spec(student_spec, "Student")
+    bundle = load_student(student_spec, cached_teacher(confine_model_spec(teacher_spec, "Teacher")),
+                          seed=seed)
     bundle.model.eval()
     return bundle
 
 
 def get_teacher(spec: str) -> Any:
     """The cached teacher with a spinner the first time (conversion can take ~30 s)."""
+    spec = confine_model_spec(spec, "Teacher")
     label = spec or "the bundled default teacher"
     with st.spinner(f"Loading {label} (first time only)..."):
-        return cached_teacher(spec.strip())
+        return cached_teacher(spec)
 
 
 # --------------------------------------------------------------------------- loss widgets

@@ -35,6 +35,7 @@ def app_env(tmp_path_factory):
         "AKL_APP_STUDENT": "truncate:1",
         "AKL_APP_RUNS_DIR": str(base / "runs"),
         "AKL_CACHE_DIR": str(base / "cache"),
+        "AKL_ALLOWED_DIRS": str(base),  # paths typed into pages must be in allowed folders
     }
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
@@ -198,15 +199,17 @@ def test_two_sessions_train_without_touching_each_other(app_env):
 @pytest.mark.parametrize(
     ("widget", "key", "value", "message"),
     [
-        ("text_input", "live_teacher", "/no/such/model/folder", "model folder not found"),
-        ("text_input", "live_data", "/no/such/file.jsonl", "no such JSONL file"),
+        ("text_input", "live_teacher", "{base}/no/such/model/folder", "model folder not found"),
+        ("text_input", "live_data", "{base}/no/such/file.jsonl", "no such JSONL file"),
         ("number_input", "live_lr", 0.0, "lr must be in"),
-        ("number_input", "live_akl_mu", 0.0, "mu must be in (0, 1)"),
+        ("number_input", "live_akl_mu", 0.0, "mu must be in (0, 0.9999]"),
     ],
 )
 def test_live_bad_input_shows_an_error(app_env, widget, key, value, message):
     at = open_page("1_Live_distillation.py")
     set_live(at, app_env["data"])
+    if isinstance(value, str):
+        value = value.format(base=app_env["base"])
     getattr(at, widget)(key=key).set_value(value)
     at.button(key="live_run").click().run()
     assert not at.exception
@@ -369,9 +372,11 @@ def test_compare_runs_overlays_and_evaluates(app_env, saved_runs):
     assert any("Generations side by side" in h.value for h in at.subheader)
 
 
-def test_compare_runs_empty_folder(app_env, tmp_path):
+def test_compare_runs_empty_folder(app_env):
+    empty = app_env["base"] / "empty_runs"
+    empty.mkdir(exist_ok=True)
     at = open_page("3_Compare_runs.py")
-    at.text_input(key="cmp_root").input(str(tmp_path)).run()
+    at.text_input(key="cmp_root").input(str(empty)).run()
     assert not at.exception and not errors(at)
     assert any("No runs under" in i.value for i in at.info)
 

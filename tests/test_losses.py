@@ -195,7 +195,7 @@ def test_registry_describes_every_loss():
             assert pspec.validate(pspec.default, name) == pspec.default
             if pspec.choices is None:
                 assert pspec.low <= pspec.default <= pspec.high
-    assert akl_core.LOSSES["akl"].params["mu"].range_text() == "(0, 1)"
+    assert akl_core.LOSSES["akl"].params["mu"].range_text() == "(0, 0.9999]"
     assert akl_core.resolve_params("jsd") == {"beta": 0.5, "normalized": False}
 
 
@@ -223,8 +223,8 @@ def _pair():
     "kwargs,match",
     [
         ({"loss": "kl"}, "unknown loss 'kl'; known losses: fkl, rkl"),
-        ({"loss": "akl", "mu": 0.0}, r"mu must be in \(0, 1\)"),
-        ({"loss": "akl", "mu": 1.2}, r"mu must be in \(0, 1\)"),
+        ({"loss": "akl", "mu": 0.0}, r"mu must be in \(0, 0.9999\]"),
+        ({"loss": "akl", "mu": 1.2}, r"mu must be in \(0, 0.9999\]"),
         ({"loss": "akl", "boundary": "middle"}, "boundary must be one of"),
         ({"temperature": 0.0}, "temperature must be a finite number > 0"),
         ({"temperature": -1.0}, "temperature must be a finite number > 0"),
@@ -274,7 +274,7 @@ def test_nan_logits_raise_instead_of_returning_nan():
 
 def test_head_tail_validates_too():
     student, teacher = _pair()
-    with pytest.raises(ValueError, match=r"mu must be in \(0, 1\)"):
+    with pytest.raises(ValueError, match=r"mu must be in \(0, 0.9999\]"):
         akl_core.head_tail(student, teacher, mu=1.0)
     with pytest.raises(ValueError, match="temperature"):
         akl_core.head_tail(student, teacher, temperature=float("nan"))

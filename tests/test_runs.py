@@ -103,17 +103,19 @@ def test_list_compare_and_table(tmp_path, monkeypatch):
                 run.append_step(_step(i, v))
     (tmp_path / "not-a-run").mkdir()
     (tmp_path / "r3").mkdir()
-    (tmp_path / "r3" / "config.json").write_text("{broken")  # skipped, not fatal
+    (tmp_path / "r3" / "config.json").write_text("{broken")  # listed as broken, not fatal
     found = list_runs(tmp_path)
-    assert [r.name for r in found] == ["r1", "r2"]
+    assert [r.name for r in found] == ["r1", "r2", "r3"] and found[2].broken
     rows = compare(found)
-    assert [(r["run"], r["loss"], r["steps"], r["final_loss"]) for r in rows] == [
+    assert [(r["run"], r["loss"], r["steps"], r["final_loss"]) for r in rows[:2]] == [
         ("r1", "fkl", 2, 1.5), ("r2", "akl", 2, 1.25)]
+    assert rows[2]["status"] == "broken" and "config.json: not valid JSON" in rows[2]["problem"]
+    rows = rows[:2]
     table = format_table(rows)
     assert "r2" in table and "akl" in table and "1.25" in table
     assert format_table([]) == "(no runs)"
     monkeypatch.setenv(runs.RUNS_ENV, str(tmp_path))
-    assert [r.name for r in list_runs()] == ["r1", "r2"]
+    assert [r.name for r in list_runs()] == ["r1", "r2", "r3"]
     assert resolve_run("r1") == tmp_path / "r1"
     with pytest.raises(ValueError, match="no run named"):
         resolve_run("zz")

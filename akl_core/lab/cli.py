@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,6 +63,22 @@ def _optional_float(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
 
 
+def _device(text: str) -> str:
+    """--device: checked now (unknown name, meta, no such GPU) so errors come before loading."""
+    from akl_core.lab.models import resolve_device
+
+    try:
+        resolve_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _model_spec(text: str) -> str | None:
+    """--teacher: empty (or blank) means the bundled teacher, as in the dashboard."""
+    return text.strip() or None
+
+
 def _loss_help() -> str:
     try:
         import akl_core
@@ -93,13 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     g = ds.add_argument_group("models")
-    g.add_argument("--teacher", default=d.teacher, metavar="SPEC",
-                   help="teacher: 'bundled' (SmolLM2-135M-Instruct, the default when omitted), "
-                   "a hub name (online) or a local model folder")
+    g.add_argument("--teacher", default=d.teacher, metavar="SPEC", type=_model_spec,
+                   help="teacher: 'bundled' (SmolLM2-135M-Instruct, the default when omitted "
+                   "or empty), a hub name (online) or a local model folder")
     g.add_argument("--student", default=d.student, metavar="SPEC",
                    help="student: truncate:K (teacher's first K layers), tiny, tiny:L, a hub "
                    "name or a folder; must share the teacher's tokenizer")
-    g.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    g.add_argument("--device", default=None, type=_device,
+                   help="torch device (default: cuda if available)")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="allow custom model code from the hub (off by default)")
     g = ds.add_argument_group("loss")
@@ -139,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--probe-every", type=int, default=d.probe_every,
                    help="per-token probe diagnostics every K steps (0 = never)")
     g.add_argument("--probe-topk", type=int, default=d.probe_topk,
-                   help="top-k teacher/student tokens stored per probe position")
+                   help="top-k teacher/student tokens stored per probe position (at most 100)")
     g.add_argument("--runs-dir", default=None,
                    help="root folder of runs (default: $AKL_RUNS_DIR or ./runs)")
     g.add_argument("--name", default=None,
@@ -169,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=int, default=d.response_tokens,
                     help="max new tokens per response")
     ev.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
-    ev.add_argument("--device", default=None, help="torch device")
+    ev.add_argument("--device", default=None, type=_device, help="torch device")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
 
     # ---- runs -------------------------------------------------------------------------------
@@ -280,7 +298,7 @@ def _print_scores(result: dict) -> None:
 def cmd_distill(a: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from akl_core.lab import models
+    from akl_core.lab import models, runs
     from akl_core.lab.distill import DistillConfig, distill
     from akl_core.lab.runs import Run
 
@@ -297,6 +315,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
         if getattr(a, name) < 0 or (name == "eval_tokens" and a.eval_tokens < 1):
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got "
                              f"{getattr(a, name)}")
+    runs.run_folder_name(a.name, config.loss)  # a bad --name / --runs-dir fails before loading
+    runs.ensure_root(a.runs_dir)
     say = None if a.quiet else _say
     teacher = models.load_teacher(config.teacher, device=a.device, progress=say,
                                   trust_remote_code=a.trust_remote_code)
@@ -316,8 +336,14 @@ def cmd_distill(a: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         session.close()
         bar.close()
-        _say(f"interrupted after {session.steps_done} steps; run kept at {run.path}")
+        if run.discard_if_empty():
+            _say("interrupted before the first step; no run folder was kept")
+        else:
+            _say(f"interrupted after {session.steps_done} steps; run kept at {run.path}")
         return EXIT_INTERRUPTED
+    except BaseException:
+        run.discard_if_empty()  # e.g. bad data: no empty folder is left behind
+        raise
     finally:
         bar.close()
     if not a.no_save_student:
@@ -343,6 +369,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if a.examples < 1 or a.max_new_tokens < 1 or a.batch_size < 1:
         raise UsageError("--examples, --max-new-tokens and --batch-size must be positive")
     data = load_run(resolve_run(a.run, a.runs_dir))
+    if "config.json" in data.problems:
+        raise UsageError(f"run {data.name}: {data.path / 'config.json'} is damaged "
+                         f"({data.problems['config.json']}); cannot tell its teacher")
     if not data.has_student:
         raise UsageError(f"run {data.name} has no saved student (it was run with "
                          "--no-save-student or did not finish)")
@@ -359,16 +388,19 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_runs(a: argparse.Namespace) -> int:
-    from akl_core.lab.runs import compare, default_root, format_table, list_runs
+    from akl_core.lab.runs import compare, default_root, dumps, format_table, list_runs
 
     runs = list_runs(a.runs_dir)
     rows = compare(runs)
     if a.json:
-        print(json.dumps(rows, indent=2))
+        print(dumps(rows, indent=2))  # strict JSON: no bare NaN
     elif not rows:
         print(f"no runs under {a.runs_dir or default_root()}")
     else:
-        print(format_table(rows))
+        print(format_table([{k: v for k, v in r.items() if k != "problem"} for r in rows]))
+        for r in rows:
+            if r["problem"]:
+                print(f"broken run {r['run']}: {r['problem']}")
     return 0
 
 
@@ -381,6 +413,16 @@ def cmd_toy(a: argparse.Namespace) -> int:
     losses = [s.strip() for s in a.losses.split(",") if s.strip()]
     if not losses:
         raise UsageError("--losses is empty")
+    if a.steps is not None and a.steps < 1:
+        raise UsageError(f"--steps must be a positive integer, got {a.steps}")
+    if a.lr is not None and not (math.isfinite(a.lr) and a.lr > 0):
+        raise UsageError(f"--lr must be a finite number > 0, got {a.lr}")
+    if a.json:
+        out = Path(a.json)
+        if out.is_dir():
+            raise UsageError(f"--json {a.json}: is a folder; give a file name to write")
+        if not out.parent.is_dir():
+            raise UsageError(f"--json {a.json}: no folder {out.parent} to write it in")
     if a.target == "classic":
         mixture = toy.classic_mixture()
         kw = {k: v for k, v in (("steps", a.steps), ("lr", a.lr)) if v is not None}
@@ -424,8 +466,11 @@ def cmd_toy(a: argparse.Namespace) -> int:
         hist = {name: {k: np.asarray(v) for k, v in r.history.items()}
                 for name, r in results.items()}
     if a.json:
-        Path(a.json).write_text(dumps({k: {kk: vv for kk, vv in v.items()}
-                                       for k, v in hist.items()}))
+        try:
+            Path(a.json).write_text(dumps({k: {kk: vv for kk, vv in v.items()}
+                                           for k, v in hist.items()}))
+        except OSError as e:
+            raise UsageError(f"--json {a.json}: cannot write it ({e.strerror or e})") from None
         _say(f"histories written to {a.json}")
     return 0
 
@@ -442,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, ValueError, FileNotFoundError, NotADirectoryError) as e:
+    except (UsageError, ValueError, OSError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"akl {args.command}: error: {msg}", file=sys.stderr)
         return EXIT_USAGE

@@ -127,7 +127,7 @@ def load_jsonl(path: str | Path) -> list[Example]:
     if not p.is_file():
         raise ValueError(f"data file not found: {p}")
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # a UTF-8 byte-order mark is fine
     except UnicodeDecodeError:
         raise ValueError(f"{p}: not a UTF-8 text file") from None
     return _parse_records(text.splitlines(), str(p), p.stem)

@@ -35,6 +35,7 @@ from akl_core.lab.data import DEFAULT_MAX_NEW_TOKENS
 SCHEDULERS = ("constant", "linear", "cosine")
 TARGETS = ("teacher", "gold")
 BUNDLED_SPLITS = ("train", "validation", "test", "all")
+MAX_PROBE_TOPK = 100  # probes store top-k tokens per position: keep probes.jsonl small
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,6 +104,9 @@ class DistillConfig:
             positive_int(name)
         for name in ("probe_every", "warmup_steps", "seed"):
             positive_int(name, allow_zero=True)
+        if self.probe_topk > MAX_PROBE_TOPK:
+            raise ValueError(f"probe_topk must be at most {MAX_PROBE_TOPK} (top-k tokens stored "
+                             f"per probe position), got {self.probe_topk}")
         if self.max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
         number("lr", 0.0)
@@ -484,6 +488,9 @@ class DistillSession:
         cfg = self.config
         V = self.vocab_size
         s, t, lab, attn = self._forward(batch, device)
+        if self.steps_done and not bool(torch.isfinite(s).all()):  # the last update diverged
+            raise ValueError(f"the student's logits became non-finite at step "
+                             f"{self.steps_done + 1}: the learning rate {cfg.lr:g} is too high")
         kd = akl_core.distillation_loss(
             s, t, loss=cfg.loss, labels=lab, temperature=cfg.temperature, vocab_size=V, **params
         )

@@ -18,6 +18,8 @@ import copy
 import importlib.util
 import json
 import os
+import pickle
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -66,6 +68,37 @@ class ModelBundle:
 def default_device() -> torch.device:
     """CUDA when available, CPU otherwise."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """`device` as a torch.device once it is known to be able to hold a model here.
+
+    None means :func:`default_device`. Raises ValueError (one line) for an unknown name,
+    'meta' (holds no weights), and a CUDA / MPS / XPU device this machine does not have.
+    """
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {str(device)!r}: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "meta":
+        raise ValueError("device 'meta' holds no weights and cannot run a model: use cpu or cuda")
+    backend = {"cuda": torch.cuda, "mps": getattr(torch.backends, "mps", None),
+               "xpu": getattr(torch, "xpu", None)}.get(dev.type)
+    if backend is None:
+        raise ValueError(f"device {str(device)!r} cannot run a model here: use cpu, cuda, "
+                         "cuda:N or mps")
+    if not backend.is_available():
+        raise ValueError(f"device {str(device)!r}: no {dev.type.upper()} device is available on "
+                         "this machine; use cpu")
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and count is not None and dev.index >= count():
+        raise ValueError(f"device {str(device)!r}: this machine has {count()} {dev.type} "
+                         f"device(s), numbered from 0")
+    return dev
 
 
 def cache_dir() -> Path:
@@ -227,9 +260,16 @@ def _load_pretrained(
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code
         )
-    except (OSError, ValueError, KeyError, EnvironmentError) as exc:  # noqa: UP024
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"cannot load model {spec!r}: its pickle checkpoint holds more than plain weights "
+            "and was refused (unpickling it could run arbitrary code); save it as safetensors"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - corrupt files raise many types; one line each
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        first = first.rstrip(". ")
+        first = re.sub(r"\x1b\[[0-9;]*m", "", first).rstrip(". ")
+        if not isinstance(exc, (OSError, ValueError, KeyError)):
+            first = f"{type(exc).__name__}: {first}"  # e.g. SafetensorError (truncated file)
         where = "local folder" if path.is_dir() else "name (hub access needs a network)"
         raise ValueError(
             f"cannot load model {spec!r} as a {where}: {first[:200]}. "
@@ -261,7 +301,7 @@ def load_teacher(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dev = torch.device(device) if device is not None else default_device()
+    dev = resolve_device(device)
     if _is_bundled(spec):
         folder = convert_bundled(progress=progress)
         _say(progress, f"loading the bundled teacher from {folder}")
@@ -378,7 +418,7 @@ def load_student(
     architecture and vocabulary; anything else is loaded like a teacher (name or folder) and
     must share the teacher's vocabulary. Returned in eval mode; call ``.train()`` to train.
     """
-    dev = torch.device(device) if device is not None else teacher.device
+    dev = resolve_device(device) if device is not None else teacher.device
     text = spec.strip()
     low = text.lower()
     if low.startswith("truncate"):

@@ -12,6 +12,11 @@ Layout of a run folder::
 Atomic writes go to a temporary file in the same folder, then ``os.replace``. JSONL files are
 append-only; a run killed mid-line leaves at most one torn last line, which loading ignores.
 The default root is ``./runs``; override it with the ``root`` argument or ``AKL_RUNS_DIR``.
+
+Loading never fails on a damaged run folder: a file that is not valid JSON, holds the wrong
+type, or has bad lines makes the run *broken* (``RunData.problems`` names each file and the
+reason; ``compare`` lists it with status "broken"), and every healthy run is still listed.
+Folder names are claimed atomically (``mkdir`` without exist_ok, retried with -2, -3, ...).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 RUNS_ENV = "AKL_RUNS_DIR"
+MAX_NAME = 200  # characters of a run folder name (file systems allow 255 bytes)
+RUN_FILES = ("config.json", "steps.jsonl", "probes.jsonl", "eval.json", "summary.json")
 
 
 def default_root() -> Path:
@@ -50,9 +57,14 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def dumps(obj: Any) -> str:
-    """Strict one-line JSON (no NaN)."""
-    return json.dumps(_jsonable(obj), allow_nan=False, ensure_ascii=False)
+def dumps(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON (NaN and infinities become null), one line unless `indent` is given."""
+    return json.dumps(_jsonable(obj), allow_nan=False, ensure_ascii=False, indent=indent)
+
+
+def _loads(text: str) -> Any:
+    """json.loads that reads the non-standard NaN / Infinity tokens as None."""
+    return json.loads(text, parse_constant=lambda _: None)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -81,7 +93,7 @@ def read_json(path: str | os.PathLike) -> Any | None:
     if not path.exists():
         return None
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        return _loads(f.read())
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -100,7 +112,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            out.append(_loads(line))
         except json.JSONDecodeError as e:
             if i == len(lines) - 1:
                 break  # torn last line from a killed writer
@@ -132,6 +144,46 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "-", text).strip("-") or "run"
 
 
+def run_folder_name(name: str | None = None, loss: str = "run") -> str:
+    """The folder name for a run: ``name`` made file-system safe, or ``<timestamp>-<loss>``.
+
+    Raises ValueError for a name longer than MAX_NAME characters.
+    """
+    base = _slug(name) if name else f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(loss)}"
+    if len(base) > MAX_NAME:
+        raise ValueError(f"run name is too long: {len(base)} characters (at most {MAX_NAME})")
+    return base
+
+
+def ensure_root(root: str | os.PathLike | None = None) -> Path:
+    """Create the runs root if needed (default: :func:`default_root`); ValueError if it cannot
+    be created or written to."""
+    root = Path(root) if root is not None else default_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the runs folder {root}: {e.strerror or e}") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write to the runs folder {root}: permission denied")
+    return root
+
+
+def process_start(pid: int) -> str | None:
+    """An identifier of when process `pid` started (None if unknown): with the PID it tells a
+    live writer from an unrelated process that reused its PID. Linux: /proc; else psutil."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+        return "proc:" + stat[stat.rindex(")") + 2 :].split()[19]  # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+
+        return f"psutil:{psutil.Process(int(pid)).create_time():.3f}"
+    except Exception:  # noqa: BLE001 - no psutil, no such process, no permission: unknown
+        return None
+
+
 class Run:
     """A run folder being written. Create with :meth:`Run.create`; use as a context manager."""
 
@@ -150,14 +202,18 @@ class Run:
     ) -> Run:
         """Make a fresh folder ``<root>/<name>`` (default name ``<timestamp>-<loss>``)."""
         root = Path(root) if root is not None else default_root()
-        base = _slug(name) if name else f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(loss)}"
-        path = root / base
-        k = 1
-        while path.exists():
-            k += 1
-            path = root / f"{base}-{k}"
-        path.mkdir(parents=True)
-        return cls(path)
+        base = run_folder_name(name, loss)
+        ensure_root(root)
+        for k in range(1, 10_000):
+            path = root / (base if k == 1 else f"{base}-{k}")
+            try:
+                path.mkdir()  # atomic: exactly one creator gets each name
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise ValueError(f"cannot create the run folder {path}: {e.strerror or e}") from None
+            return cls(path)
+        raise ValueError(f"no free run folder name {base}-N under {root}")
 
     @property
     def name(self) -> str:
@@ -169,7 +225,8 @@ class Run:
 
     def write_config(self, config: dict) -> None:
         atomic_write_json(self.path / "config.json", config)
-        self.write_summary({"status": "running", "pid": os.getpid(), "started": self._started})
+        self.write_summary({"status": "running", "pid": os.getpid(),
+                            "pid_start": process_start(os.getpid()), "started": self._started})
 
     def append_step(self, record: dict) -> None:
         self._steps.append(record)
@@ -193,6 +250,26 @@ class Run:
         summary.update(status=status, started=self._started, finished=time.time(), **extra)
         self.write_summary(summary)
         return summary
+
+    def discard_if_empty(self) -> bool:
+        """Remove the run folder if no step was written (a run that failed or was interrupted
+        before its first step); returns True if it was removed. Unknown files keep it."""
+        self._steps.close()
+        self._probes.close()
+        try:
+            if self._n_steps or (self.path / "steps.jsonl").stat().st_size > 0:
+                return False
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+        for name in ("config.json", "summary.json", "steps.jsonl", "probes.jsonl"):
+            (self.path / name).unlink(missing_ok=True)
+        try:
+            self.path.rmdir()
+        except OSError:
+            return False
+        return True
 
     def __enter__(self) -> Run:
         return self
@@ -231,7 +308,11 @@ def summarize(steps: list[dict], window: int = 10) -> dict:
 
 @dataclass
 class RunData:
-    """A run as loaded from disk (any stage: running, finished, or killed)."""
+    """A run as loaded from disk (any stage: running, finished, killed, or damaged).
+
+    problems: {file name: reason} for every file that could not be used as written (not
+    valid JSON, wrong type, bad lines); such a run is ``broken``. What could be read is kept.
+    """
 
     path: Path
     config: dict = field(default_factory=dict)
@@ -239,16 +320,23 @@ class RunData:
     probes: list[dict] = field(default_factory=list)
     eval: dict | None = None
     summary: dict = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.path.name
 
     @property
+    def broken(self) -> bool:
+        """True when a file of the run is damaged (see ``problems``)."""
+        return bool(self.problems)
+
+    @property
     def status(self) -> str:
-        """finished / stopped / failed / running / interrupted (killed: pid gone, no summary)."""
-        status = self.summary.get("status", "interrupted")
-        if status == "running" and not _pid_alive(self.summary.get("pid")):
+        """finished / stopped / failed / running / interrupted (killed: the writer is gone)."""
+        status = self.summary.get("status") or "interrupted"
+        if status == "running" and not _pid_alive(self.summary.get("pid"),
+                                                  self.summary.get("pid_start")):
             return "interrupted"
         return status
 
@@ -257,34 +345,174 @@ class RunData:
         return (self.path / "student" / "config.json").exists()
 
 
-def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
+def _pid_alive(pid: Any, start: Any = None) -> bool:
+    """Whether process `pid` exists and, when its recorded start `start` is known, is the same
+    process (not an unrelated one that reused the PID)."""
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    except OSError:
+        pass
+    except (OSError, OverflowError):
         return False
+    if start is not None:
+        now = process_start(pid)
+        if now is not None and now != start:
+            return False
     return True
 
 
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(exc, OSError):
+        return f"cannot be read ({exc.strerror or exc})"
+    if isinstance(exc, RecursionError):
+        return "not valid JSON (nested too deeply)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), "a number")
+
+
+def _read_object(path: Path, problems: dict[str, str]) -> dict | None:
+    """A JSON object file: None if missing; None (and a problem) if unreadable or not an object."""
+    try:
+        value = _loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, RecursionError) as e:
+        problems[path.name] = _reason(e)
+        return None
+    if not isinstance(value, dict):
+        problems[path.name] = f"expected a JSON object, found {_type_name(value)}"
+        return None
+    return value
+
+
+def _read_records(path: Path, problems: dict[str, str], required: dict[str, type]) -> list[dict]:
+    """The good records of a JSON-lines file; a torn last line (a killed writer) is skipped
+    silently, any other bad line is skipped and reported in `problems`."""
+    try:
+        lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        problems[path.name] = _reason(e)
+        return []
+    while lines and not lines[-1].strip():
+        lines.pop()
+    out, bad = [], []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = _loads(line)
+        except (ValueError, RecursionError) as e:
+            if i < len(lines) - 1:
+                bad.append(f"line {i + 1} is {_reason(e)}")
+            continue
+        if not isinstance(record, dict):
+            bad.append(f"line {i + 1} is {_type_name(record)}, not a JSON object")
+            continue
+        wrong = [k for k, t in required.items() if not isinstance(record.get(k), t)
+                 or isinstance(record.get(k), bool)]
+        if wrong:
+            bad.append(f"line {i + 1} has no valid {wrong[0]!r}")
+            continue
+        out.append(record)
+    if bad:
+        more = f" (and {len(bad) - 1} more bad lines)" if len(bad) > 1 else ""
+        problems[path.name] = bad[0] + more
+    return out
+
+
+_NUMBER = (int, float)
+_SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
+    "status": (str,), "pid": (int,), "pid_start": (str,), "error": (str,),
+    "steps_done": (int,), "started": _NUMBER, "finished": _NUMBER, "elapsed": _NUMBER,
+    "first_loss": _NUMBER, "final_loss": _NUMBER, "final_kd_loss": _NUMBER,
+    "final_lm_loss": _NUMBER, "final_g_head": _NUMBER, "final_g_tail": _NUMBER,
+    "tokens_per_second": _NUMBER,
+}
+
+
+def _clean_summary(summary: dict, problems: dict[str, str]) -> dict:
+    """Drop summary fields of the wrong type (reported); None stays (a missing number)."""
+    out = {}
+    for key, value in summary.items():
+        types = _SUMMARY_TYPES.get(key)
+        if value is None or types is None or (isinstance(value, types)
+                                              and not isinstance(value, bool)):
+            out[key] = value
+        else:
+            problems.setdefault("summary.json", f"{key!r} is {_type_name(value)}")
+    return out
+
+
+def _clean_eval(ev: dict, problems: dict[str, str]) -> dict:
+    """Keep the parts of eval.json the tools read only where they have the right shape."""
+    out = dict(ev)
+    for who in ("student", "teacher"):
+        if who in out and not isinstance(out[who], (dict, type(None))):
+            problems.setdefault("eval.json", f"{who!r} is {_type_name(out[who])}")
+            del out[who]
+    gens = out.get("generations")
+    if gens is not None:
+        ok = isinstance(gens, list) and all(
+            isinstance(g, dict) and isinstance(g.get("instruction"), str)
+            and all(isinstance(g.get(k), (str, type(None)))
+                    for k in ("context", "teacher", "student", "gold"))
+            for g in gens)
+        if not ok:
+            problems.setdefault("eval.json", "'generations' is not a list of generations")
+            del out["generations"]
+    return out
+
+
+def is_run_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder holding config.json, steps.jsonl or summary.json."""
+    path = Path(path)
+    try:
+        return path.is_dir() and any(
+            (path / f).exists() for f in ("config.json", "steps.jsonl", "summary.json"))
+    except OSError:
+        return False
+
+
 def load_run(path: str | os.PathLike) -> RunData:
-    """Load a run folder; works on a folder whose writer was killed at any point."""
+    """Load a run folder; works on a folder whose writer was killed at any point.
+
+    Damaged files never raise: they are listed in ``RunData.problems`` (file name and reason)
+    and what could be read is kept. Raises ValueError only when `path` is not a run folder.
+    """
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"no run folder at {path}")
-    if not (path / "config.json").exists() and not (path / "steps.jsonl").exists():
-        raise ValueError(f"{path} is not a run folder (no config.json or steps.jsonl)")
+    if not is_run_folder(path):
+        raise ValueError(f"{path} is not a run folder (no config.json, steps.jsonl or "
+                         "summary.json)")
+    problems: dict[str, str] = {}
+    config = _read_object(path / "config.json", problems) or {}
+    steps = _read_records(path / "steps.jsonl", problems, {"step": int})
+    probes = _read_records(path / "probes.jsonl", problems, {})
+    ev = _read_object(path / "eval.json", problems)
+    summary = _read_object(path / "summary.json", problems) or {}
     return RunData(
         path=path,
-        config=read_json(path / "config.json") or {},
-        steps=read_jsonl(path / "steps.jsonl"),
-        probes=read_jsonl(path / "probes.jsonl"),
-        eval=read_json(path / "eval.json"),
-        summary=read_json(path / "summary.json") or {},
+        config=config,
+        steps=steps,
+        probes=probes,
+        eval=_clean_eval(ev, problems) if ev is not None else None,
+        summary=_clean_summary(summary, problems),
+        problems=problems,
     )
 
 
@@ -300,40 +528,65 @@ def resolve_run(ref: str | os.PathLike, root: str | os.PathLike | None = None) -
 
 
 def list_runs(root: str | os.PathLike | None = None) -> list[RunData]:
-    """Every run folder under ``root`` (default ./runs), oldest first by folder name."""
+    """Every run folder under ``root`` (default ./runs), oldest first by folder name.
+
+    Damaged runs are included (``broken``, with their problems); they never hide the others.
+    """
     root = Path(root) if root is not None else default_root()
     if not root.is_dir():
         return []
+    try:
+        folders = sorted(root.iterdir())
+    except OSError as e:
+        raise ValueError(f"cannot list the runs folder {root}: {e.strerror or e}") from None
     runs = []
-    for p in sorted(root.iterdir()):
-        if p.is_dir() and ((p / "config.json").exists() or (p / "steps.jsonl").exists()):
-            try:
-                runs.append(load_run(p))
-            except (ValueError, json.JSONDecodeError):
-                continue  # a corrupt folder must not hide the others
+    for p in folders:
+        if not is_run_folder(p):
+            continue
+        try:
+            runs.append(load_run(p))
+        except Exception as e:  # noqa: BLE001 - last resort: listed as broken, never hidden
+            runs.append(RunData(path=p, problems={"(folder)": _reason(e)}))
     return runs
 
 
+def _number(value: Any) -> float | int | None:
+    """A finite number as is; anything else (text, NaN, lists) as None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) or value is None else str(value)
+
+
 def compare(runs: Iterable[RunData]) -> list[dict]:
-    """One row per run: name, loss, status, steps, final losses/gaps, eval scores."""
+    """One row per run: name, loss, status, steps, final losses/gaps, eval scores, problem.
+
+    Numbers are finite numbers or None; a broken run has status "broken" and `problem` says
+    which file and why ("; " between files).
+    """
     rows = []
     for r in runs:
         s = r.summary if r.summary.get("steps_done") is not None else summarize(r.steps)
         if len(r.steps) != s.get("steps_done"):
             s = summarize(r.steps)
-        ev = (r.eval or {}).get("student", {})
+        ev = (r.eval or {}).get("student") or {}
+        problem = "; ".join(f"{f}: {why}" for f, why in r.problems.items()) or None
         rows.append(
             {
                 "run": r.name,
-                "loss": r.config.get("loss"),
-                "status": r.status,
-                "steps": s.get("steps_done", 0),
-                "final_loss": s.get("final_loss"),
-                "g_head": s.get("final_g_head"),
-                "g_tail": s.get("final_g_tail"),
-                "rougeL_teacher": ev.get("rougeL_teacher"),
-                "rougeL_gold": ev.get("rougeL_gold"),
-                "distinct_2": ev.get("distinct_2"),
+                "loss": _text(r.config.get("loss")),
+                "status": "broken" if problem else r.status,
+                "steps": _number(s.get("steps_done")) or 0,
+                "final_loss": _number(s.get("final_loss")),
+                "g_head": _number(s.get("final_g_head")),
+                "g_tail": _number(s.get("final_g_tail")),
+                "rougeL_teacher": _number(ev.get("rougeL_teacher")),
+                "rougeL_gold": _number(ev.get("rougeL_gold")),
+                "distinct_2": _number(ev.get("distinct_2")),
+                "problem": problem,
             }
         )
     return rows

@@ -10,6 +10,8 @@ from __future__ import annotations
 import streamlit as st
 from live_runner import LiveRun, LiveView
 from ui_common import (
+    confine_data,
+    confine_model_spec,
     default_response_tokens,
     default_student_spec,
     default_teacher_spec,
@@ -106,7 +108,7 @@ with st.sidebar:
     stop_clicked = c2.button("Stop", disabled=not active, key="live_stop")
 
 
-with show_errors("Teacher"):
+with show_errors("Cannot load the teacher"):
     # Loaded (once per process) when the page opens, so pressing Run starts training at once.
     loaded = get_teacher(teacher_spec.strip())
     st.caption(f"Teacher **{loaded.name}**: {loaded.num_layers} layers, "
@@ -131,9 +133,14 @@ def make_job(config: DistillConfig, teacher: object, save: bool):
         run = session.run = Run.create(runs_root(), loss=config.loss)
         info["run_dir"] = str(run.path)
         info["run_name"] = run.name
-        for record in session:
-            info["stage"] = "training"
-            yield record
+        try:
+            for record in session:
+                info["stage"] = "training"
+                yield record
+        finally:
+            if run.discard_if_empty():  # stopped or failed before its first step
+                info.pop("run_dir", None)
+                info.pop("run_name", None)
         info["student"] = student  # kept in memory for evaluation (Compare runs)
         if save:
             info["stage"] = "saving the student"
@@ -150,11 +157,12 @@ if stop_clicked and live is not None:
 if run_clicked:
     with show_errors("Cannot start"):
         config = DistillConfig(
-            teacher=teacher_spec.strip() or None, student=student_spec.strip(), loss=loss,
+            teacher=teacher_spec.strip() or None,
+            student=confine_model_spec(student_spec, "Student"), loss=loss,
             loss_params=loss_params, steps=int(steps), batch_size=int(batch_size),
             max_length=int(max_length), lr=float(lr), kd_ratio=float(kd_ratio),
             temperature=float(temperature), seed=int(seed), probe_every=int(probe_every),
-            probe_topk=int(probe_topk), data=data_source.strip(), targets=targets,
+            probe_topk=int(probe_topk), data=confine_data(data_source), targets=targets,
             max_examples=int(max_examples) or None, response_tokens=int(response_tokens),
         ).validate()
         teacher = get_teacher(teacher_spec.strip())

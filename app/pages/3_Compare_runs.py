@@ -3,8 +3,17 @@ generations; evaluate a run that has none (akl_core.lab.evaluate on the run's st
 
 from __future__ import annotations
 
+import math
+
 import streamlit as st
-from ui_common import default_response_tokens, get_teacher, page_setup, runs_root, show_errors
+from ui_common import (
+    confine,
+    default_response_tokens,
+    get_teacher,
+    page_setup,
+    runs_root,
+    show_errors,
+)
 
 from akl_core.lab import runs, viz
 
@@ -20,7 +29,8 @@ with st.sidebar:
 
 
 def history(steps: list[dict]) -> dict:
-    good = [s for s in steps if all(isinstance(s.get(k), (int, float)) for k in CURVE_KEYS)]
+    good = [s for s in steps if all(isinstance(s.get(k), (int, float))
+                                    and math.isfinite(s[k]) for k in CURVE_KEYS)]
     return {"step": [s["step"] for s in good], **{k: [s[k] for s in good] for k in CURVE_KEYS}}
 
 
@@ -38,7 +48,10 @@ def evaluate_run(run: runs.RunData, n: int, max_new_tokens: int) -> dict:
     from akl_core.lab import data, evaluate
     from akl_core.lab.models import load_student
 
-    teacher = get_teacher(run.config.get("teacher") or "")
+    if "config.json" in run.problems:
+        raise ValueError(f"run {run.name}: config.json is damaged "
+                         f"({run.problems['config.json']}); cannot tell its teacher")
+    teacher = get_teacher(str(run.config.get("teacher") or ""))
     student = live_student_for(run.name)
     if student is None:
         if not run.has_student:
@@ -61,13 +74,17 @@ def evaluate_run(run: runs.RunData, n: int, max_new_tokens: int) -> dict:
 
 
 with show_errors("Cannot list runs"):
-    all_runs = runs.list_runs(root)
+    all_runs = runs.list_runs(confine(root, "Runs folder"))
     if not all_runs:
         st.info(f"No runs under `{root}` yet: start one on the Live distillation page "
                 "(or with `akl distill`).")
         st.stop()
     st.subheader("All runs")
     st.dataframe(runs.compare(all_runs), hide_index=True, key="cmp_all_table")
+    for r in all_runs:
+        if r.broken:
+            st.warning(f"Broken run {r.name}: " + "; ".join(
+                f"{file}: {why}" for file, why in r.problems.items()))
     names = [r.name for r in all_runs]
     chosen = st.multiselect("Runs to compare", names, default=names[-3:],
                             key=f"cmp_runs_{root}")
@@ -90,7 +107,8 @@ with show_errors("Cannot list runs"):
                 for who in ("student", "teacher"):
                     scores = r.eval.get(who)
                     if scores:
-                        rows.append({"run": r.name, "model": who, "loss": r.config.get("loss"),
+                        rows.append({"run": r.name, "model": who,
+                                     "loss": str(r.config.get("loss")),
                                      **{k: v for k, v in scores.items()
                                         if isinstance(v, (int, float))}})
         if rows:
@@ -129,4 +147,4 @@ with show_errors("Cannot list runs"):
             for col, r in zip(cols[1:], with_gen):
                 g = gens[r.name]
                 col.markdown(f"**{r.name}** ({r.config.get('loss')})")
-                col.write(g[i]["student"] if i < len(g) else "-")
+                col.write((g[i].get("student") or "-") if i < len(g) else "-")
