@@ -17,7 +17,6 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 import akl_core  # noqa: E402
-from akl_core.lab import runs  # noqa: E402
 from tests.small_lm import examples, save_bundle, small_teacher, write_jsonl  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "app" / "Home.py"

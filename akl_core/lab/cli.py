@@ -4,6 +4,7 @@
     akl eval RUN                               evaluate a saved run's student by generation
     akl runs                                   table of the runs under ./runs
     akl toy fig3_long_tail                     the paper's toy experiments from the shell
+    akl teacher-cache --k 64 --out DIR         the teacher's top-k once; distill --teacher-cache
 
 Errors are one line on stderr (`akl: error: ...`) with exit status 2.
 """
@@ -167,6 +168,36 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-tokens", type=int, default=d.response_tokens,
                    help="max new tokens when generating for evaluation")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    # ---- teacher-cache ----------------------------------------------------------------------
+    tc = sub.add_parser(
+        "teacher-cache", help="store the teacher's top-k log-probs for training without it",
+        description="Run the teacher once over the training rows (the same settings as "
+        "`akl distill`: data, targets, max length, response tokens) and store its top-k "
+        "log-probs per response token, plus the mass outside them, in safetensors shards with "
+        "a manifest; `akl distill --teacher-cache DIR` then trains without the teacher.",
+        formatter_class=_Formatter,
+    )
+    tc.add_argument("--teacher", default=d.teacher, metavar="SPEC",
+                    help="teacher: 'bundled' (the default when omitted), a hub name or a folder")
+    tc.add_argument("--data", default=d.data, help="bundled:<split> or a Dolly-style JSONL file")
+    tc.add_argument("--targets", choices=["teacher", "gold"], default=d.targets,
+                    help="the teacher's greedy responses or the data's responses")
+    tc.add_argument("--max-length", type=int, default=d.max_length,
+                    help="max tokens per sequence (prompt + response)")
+    tc.add_argument("--response-tokens", type=int, default=d.response_tokens,
+                    help="max new tokens of the teacher's responses")
+    tc.add_argument("--max-examples", type=int, default=d.max_examples,
+                    help="use only the first N examples")
+    tc.add_argument("--k", type=int, default=64, help="log-probs kept per token")
+    tc.add_argument("--quantization", choices=["u8", "f16", "f32"], default="u8",
+                    help="u8: 3 bytes per entry (uint16 id + 8-bit log-prob); f16: 4; f32: 6")
+    tc.add_argument("--out", required=True, metavar="DIR", help="the cache folder to write")
+    tc.add_argument("--batch-size", type=int, default=8, help="sequences per teacher forward")
+    tc.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    tc.add_argument("--trust-remote-code", action="store_true",
+                    help="allow custom model code from the hub (off by default)")
+    tc.add_argument("--quiet", action="store_true", help="no progress bar")
 
     # ---- eval -------------------------------------------------------------------------------
     ev = sub.add_parser(
@@ -378,6 +409,25 @@ def cmd_distill(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_teacher_cache(a: argparse.Namespace) -> int:
+    from akl_core.lab import models, teacher_cache
+    from akl_core.lab.distill import DistillConfig
+
+    if a.batch_size < 1:
+        raise UsageError(f"--batch-size must be positive, got {a.batch_size}")
+    config = DistillConfig.from_mapping({
+        "teacher": a.teacher, "data": a.data, "targets": a.targets, "max_length": a.max_length,
+        "response_tokens": a.response_tokens, "max_examples": a.max_examples})
+    progress = _tqdm_progress(a.quiet)
+    teacher = models.load_teacher(config.teacher, device=a.device,
+                                  progress=None if a.quiet else _say,
+                                  trust_remote_code=a.trust_remote_code)
+    manifest = teacher_cache.build(teacher, config, a.out, k=a.k, quantization=a.quantization,
+                                   batch_size=a.batch_size, progress=progress)
+    print(f"teacher cache {a.out}: {teacher_cache.describe(manifest)}")
+    return 0
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     from akl_core.lab import models
     from akl_core.lab.runs import load_run, resolve_run
@@ -472,7 +522,8 @@ def cmd_toy(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"distill": cmd_distill, "eval": cmd_eval, "runs": cmd_runs, "toy": cmd_toy}
+COMMANDS = {"distill": cmd_distill, "eval": cmd_eval, "runs": cmd_runs, "toy": cmd_toy,
+            "teacher-cache": cmd_teacher_cache}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

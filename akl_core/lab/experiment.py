@@ -153,7 +153,8 @@ def run_experiment(
         from akl_core.lab.teacher_cache import TeacherCache
 
         cache = TeacherCache.open(config.teacher_cache)
-    if teacher is None and cache is None:
+    if teacher is None and (cache is None or config.student.strip().lower().startswith(
+            "truncate")):  # a truncate:K student starts from the teacher's weights
         teacher = models.load_teacher(config.teacher, device=dev,
                                       progress=lambda m: say(progress, m),
                                       trust_remote_code=trust_remote_code)
@@ -162,15 +163,13 @@ def run_experiment(
         student = models.load_student(config.student, base, seed=config.seed, device=dev,
                                       trust_remote_code=trust_remote_code)
     # Data errors surface before a run folder exists.
-    rows, probe_rows = None, None
+    if examples is None:
+        examples = engine.load_examples(config)
+    probe_rows = None
     if cache is not None:
-        if examples is None:
-            examples = engine.load_examples(config)
-        rows = cache.rows_for(config, examples, student.tokenizer, responses=responses)
+        rows = cache.rows_for(config, examples, student.tokenizer)
         probe_rows = cache.dense_rows(rows[0], vocab_size=len(student.tokenizer))
     else:
-        if examples is None:
-            examples = engine.load_examples(config)
         if responses is None:
             responses = engine.training_responses(config, teacher, examples, progress)
         encoded = data.tokenize_for_kd(teacher.tokenizer, examples, responses,
@@ -198,7 +197,8 @@ def run_experiment(
     else:
         output_dir = None
     outcome = engine.train(
-        config, teacher=teacher, student=student, rows=rows, examples=examples, run=run,
+        config, teacher=teacher if cache is None else None, student=student, rows=rows,
+        examples=examples, run=run,
         output_dir=output_dir, on_record=on_record, should_stop=should_stop,
         progress=progress, resume_from=checkpoint, elapsed_offset=elapsed_offset,
         device=device, probe_teacher_rows=probe_rows,
