@@ -85,30 +85,34 @@ def old_step(teacher, student, batch, opt, cfg: DistillConfig, vocab: int) -> fl
     return float(loss) + 0 * float(lm) + 0 * float(ht.w.mean()) + 0 * float(divs["fkl"].mean())
 
 
-def time_old(teacher, student0, rows, cfg, vocab, steps) -> list[float]:
+def time_old(teacher, student0, rows, cfg, vocab, steps) -> tuple[list[float], list[float]]:
     student = copy.deepcopy(student0)
     student.model.train()
     opt = torch.optim.AdamW([p for p in student.model.parameters() if p.requires_grad],
                             lr=cfg.lr, weight_decay=cfg.weight_decay)
     stream = engine.StreamDataset(rows, steps * cfg.batch_size, cfg.seed)
     collate = KDCollator(0)
-    times = []
+    times, cpu = [], []
     for k in range(steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         batch = collate([stream[i] for i in range(k * cfg.batch_size, (k + 1) * cfg.batch_size)])
         old_step(teacher, student, batch, opt, cfg, vocab)
         times.append(time.perf_counter() - t0)
-    return times
+        cpu.append(time.process_time() - c0)
+    return times, cpu
 
 
-def time_new(teacher, student0, rows, cfg, steps) -> tuple[list[float], float]:
+def time_new(teacher, student0, rows, cfg, steps, **kw) -> tuple[list[float], list[float]]:
+    """Wall seconds per step (the records' step_time) and process CPU seconds between
+    consecutive records, steps 2.. of steps + 1."""
     student = copy.deepcopy(student0)
-    config = DistillConfig(**{**cfg.to_dict(), "steps": steps + 1})
-    t0 = time.perf_counter()
-    outcome = engine.train(config, teacher=teacher, student=student, rows=rows,
-                           device=str(student.device))
-    wall = time.perf_counter() - t0
-    return [r.step_time for r in outcome.records[1:]], wall
+    config = DistillConfig(**{**cfg.to_dict(), **kw, "steps": steps + 1})
+    marks: list[float] = []
+    outcome = engine.train(config, teacher=teacher if "teacher_cache" not in kw else None,
+                           student=student, rows=rows, device=str(student.device),
+                           on_record=lambda r: marks.append(time.process_time()))
+    return ([r.step_time for r in outcome.records[1:]],
+            [b - a for a, b in zip(marks, marks[1:])])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,19 +151,26 @@ def main(argv: list[str] | None = None) -> int:
     cfg = DistillConfig(loss=a.loss, batch_size=batch_n, lr=1e-5, probe_every=0,
                         max_length=seq, steps=a.steps).validate()
     teacher.model.eval()
-    old_all, new_all = [], []
+    res: dict[str, list[float]] = {"old": [], "old_cpu": [], "new": [], "new_cpu": []}
+
+    def fmt(xs: list[float]) -> str:
+        return " ".join(f"{x:.2f}" for x in xs)
+
     for r in range(a.rounds):
-        old = time_old(teacher, student, rows, cfg, vocab, a.steps)
-        new, wall = time_new(teacher, student, rows, cfg, a.steps)
-        old_all += old
-        new_all += new
-        print(f"round {r + 1}: old loop " + " ".join(f"{x:.2f}" for x in old)
-              + " s | engine " + " ".join(f"{x:.2f}" for x in new)
-              + f" s (train() wall {wall:.1f} s for {a.steps + 1} steps)", flush=True)
-    mo, mn = statistics.median(old_all), statistics.median(new_all)
+        old, old_cpu = time_old(teacher, student, rows, cfg, vocab, a.steps)
+        new, new_cpu = time_new(teacher, student, rows, cfg, a.steps)
+        for key, xs in (("old", old), ("old_cpu", old_cpu), ("new", new), ("new_cpu", new_cpu)):
+            res[key] += xs
+        print(f"round {r + 1}: old loop {fmt(old)} s (cpu {fmt(old_cpu)}) | engine {fmt(new)} s "
+              f"(cpu {fmt(new_cpu)})", flush=True)
+    med = {key: statistics.median(xs) for key, xs in res.items()}
     tokens = batch_n * seq
-    print(f"median s/step: old loop {mo:.3f} ({tokens / mo:.0f} tok/s), engine (KDTrainer) "
-          f"{mn:.3f} ({tokens / mn:.0f} tok/s); engine / old = {mn / mo:.3f}")
+    print(f"median per step, wall: old loop {med['old']:.3f} s ({tokens / med['old']:.0f} tok/s), "
+          f"engine (KDTrainer) {med['new']:.3f} s ({tokens / med['new']:.0f} tok/s); "
+          f"engine / old = {med['new'] / med['old']:.3f}")
+    print(f"median per step, process CPU: old loop {med['old_cpu']:.3f} s, engine "
+          f"{med['new_cpu']:.3f} s; engine / old = {med['new_cpu'] / med['old_cpu']:.3f} "
+          "(CPU time is the steadier measure on a shared machine)")
     return 0
 
 

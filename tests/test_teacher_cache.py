@@ -139,3 +139,24 @@ def test_training_from_a_cache_skips_the_teacher(caches, kd_folders, small_pair)
     losses = [r.loss for r in result.records]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
     assert result.records[0].probe is not None
+
+
+def test_ensure_builds_once_and_reuses(kd_folders, small_pair, tmp_path, monkeypatch):
+    calls = []
+    real_build = teacher_cache.build
+
+    def counting_build(*args, **kwargs):
+        calls.append(1)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_cache, "build", counting_build)
+    seen = []
+    config = _config(kd_folders)
+    a = teacher_cache.ensure(small_pair[0], config, k=8, root=tmp_path,
+                             progress=lambda *p: seen.append(p))
+    b = teacher_cache.ensure(small_pair[0], config, k=8, root=tmp_path)
+    c = teacher_cache.ensure(small_pair[0], _config(kd_folders, max_length=40), k=8,
+                             root=tmp_path)
+    assert a == b != c and len(calls) == 2
+    assert seen[-1] == ("teacher cache", 8, 8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([a.name, c.name])

@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -408,6 +409,41 @@ class TeacherCache:
         return out
 
 
+_ENSURE_LOCK = threading.Lock()
+
+
+def cache_key(teacher: Any, config: Any, k: int, quantization: str) -> str:
+    """The folder name of an automatic cache: a hash of what it was made for."""
+    settings = {key: value for key, value in data_settings(config).items()}
+    text = json.dumps([teacher.name, tokenizer_hash(teacher.tokenizer), settings, k,
+                       quantization, FORMAT])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def ensure(teacher: Any, config: Any, *, k: int = 64, quantization: str = "u8",
+           root: str | os.PathLike | None = None, progress: Progress | None = None) -> Path:
+    """A cache of `teacher` for `config`'s rows under ``root`` (default
+    ``<akl cache dir>/teacher_caches``), built on first use (progress "teacher cache", done,
+    total), reused afterwards. Safe against concurrent callers in one process (a lock) and
+    across processes (each builds under a temporary name; the first complete one wins)."""
+    from akl_core.lab import models
+
+    base = Path(root) if root is not None else models.cache_dir() / "teacher_caches"
+    out = base / cache_key(teacher, config, k, quantization)
+    with _ENSURE_LOCK:
+        if (out / MANIFEST).is_file():
+            return out
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = base / f".build-{os.getpid()}-{out.name}"
+        build(teacher, config, tmp, k=k, quantization=quantization, progress=progress,
+              overwrite=True)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+        return out
+
+
 def sparse_kd_reference(student_logits: torch.Tensor, ids: torch.Tensor,
                         logprobs: torch.Tensor, loss: str = "fkl") -> torch.Tensor:
     """Per-position FKL or RKL between the teacher's top-k + tail bucket and the student's
@@ -441,5 +477,5 @@ def describe(manifest: dict[str, Any]) -> str:
             f"{manifest['seconds']:.0f} s")
 
 
-__all__ = ["QUANTIZATIONS", "TeacherCache", "build", "data_hash", "dequantize", "describe",
-           "quantize", "sparse_kd_reference", "tokenizer_hash"]
+__all__ = ["QUANTIZATIONS", "TeacherCache", "build", "cache_key", "data_hash", "dequantize",
+           "describe", "ensure", "quantize", "sparse_kd_reference", "tokenizer_hash"]

@@ -103,6 +103,11 @@ with st.sidebar:
                  "prompts, so nothing is generated on a first run.")
         settings["max_examples"] = num("Max examples (0 = all)", min_value=0,
                                        max_value=100_000, value=0, key="live_max_examples")
+        use_cache = st.checkbox(
+            "Teacher cache", value=True, key="live_teacher_cache",
+            help="With the bundled teacher on bundled data (temperature 1): its top-64 "
+                 "log-probs are stored once (a few minutes, with a progress message) and "
+                 "later runs read them instead of running the teacher.")
         save_student = st.checkbox("Save the trained student in the run folder", value=False,
                                    key="live_save_student",
                                    help="Needed to evaluate the run later from another session.")
@@ -130,12 +135,33 @@ def live_config(values: dict) -> DistillConfig:
     return DistillConfig.from_mapping(values)
 
 
-def make_job(config: DistillConfig, teacher: object, save: bool):
-    """The background job: run_experiment (student, run folder, training), records to emit."""
+def cache_eligible(config: DistillConfig) -> bool:
+    """The dashboard caches the bundled teacher on bundled data (needs akl_core.SparseTeacher)."""
+    import akl_core
+
+    return (config.teacher in (None, "bundled") and config.data.startswith("bundled")
+            and config.temperature == 1.0 and hasattr(akl_core, "SparseTeacher"))
+
+
+def make_job(config: DistillConfig, teacher: object, save: bool, use_cache: bool = False):
+    """The background job: run_experiment (student, run folder, training), records to emit.
+    With `use_cache` (and an eligible config) the teacher's top-k come from a cache, built
+    once."""
 
     def job(should_stop, info, emit):
+        nonlocal config
+
         def progress(stage: str, done: int, total: int) -> None:
             info["stage"] = stage if total <= 0 else f"{stage}: {done}/{total}"
+
+        if use_cache and cache_eligible(config):
+            from dataclasses import replace
+
+            from akl_core.lab import teacher_cache
+
+            info["stage"] = "teacher cache (built once)"
+            path = teacher_cache.ensure(teacher, config, progress=progress)
+            config = replace(config, teacher_cache=str(path))
 
         def on_run(path) -> None:
             info["run_dir"] = str(path)
@@ -162,7 +188,7 @@ if run_clicked:
     with show_errors("Cannot start"):
         config = live_config(settings)
         teacher = get_teacher(teacher_spec.strip())
-        live = LiveRun(make_job(config, teacher, save_student), total_steps=config.steps,
+        live = LiveRun(make_job(config, teacher, save_student, use_cache), total_steps=config.steps,
                        info={"loss": config.loss})
         st.session_state.live = live.start()
         st.session_state.live_polling = True
