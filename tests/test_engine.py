@@ -233,3 +233,26 @@ def _no_checkpoint_run(tmp_path: Path, config: DistillConfig) -> Path:
     run = Run.create(tmp_path, name="no-checkpoint")
     run.write_config(config.to_dict())
     return run.path
+
+
+def test_run_reopen_drops_the_records_after_the_checkpoint(tmp_path):
+    from akl_core.lab.runs import Run
+
+    run = Run.create(tmp_path, name="r")
+    run.write_config({"loss": "akl"})
+    for i in range(1, 6):
+        run.append_step({"step": i, "loss": float(i)})
+        if i % 2:
+            run.append_probe({"step": i})
+    with open(run.path / "steps.jsonl", "a") as f:
+        f.write('{"step": 6, "lo')  # torn by the kill
+    again = Run.reopen(run.path, keep_steps=3)
+    again.append_step({"step": 4, "loss": 40.0})
+    again.finish()
+    data = load_run(run.path)
+    assert [(s["step"], s["loss"]) for s in data.steps] == [(1, 1.0), (2, 2.0), (3, 3.0),
+                                                          (4, 40.0)]
+    assert [p["step"] for p in data.probes] == [1, 3]
+    assert data.status == "finished" and data.summary["steps_done"] == 4
+    with pytest.raises(ValueError, match="not a run folder"):
+        Run.reopen(tmp_path, keep_steps=1)
