@@ -131,6 +131,14 @@ def test_grad_accum_equals_double_batch(kd_folders, small_pair):
     assert _max_diff(_state(acc), _state(big)) < 1e-4
 
 
+def test_bf16_autocast_runs_close_to_float32(kd_folders, small_pair):
+    f32 = _experiment(kd_folders, *small_pair, batch_size=2, steps=2)
+    b16 = _experiment(kd_folders, *small_pair, batch_size=2, steps=2, bf16=True)
+    assert b16.student.model.dtype == torch.float32  # autocast: weights stay float32
+    for a, b in zip(b16.records, f32.records):
+        assert a.loss == pytest.approx(b.loss, rel=2e-2) and a.loss != b.loss
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
