@@ -109,13 +109,17 @@ def quantize(logprobs: torch.Tensor, scheme: str) -> dict[str, torch.Tensor]:
 
 def dequantize(stored: dict[str, torch.Tensor], log_tail: torch.Tensor,
                scheme: str) -> torch.Tensor:
-    """[n, k] float32 log-probs whose probabilities sum to 1 - exp(log_tail) per row."""
+    """[n, k] float64 log-probs whose probabilities sum to 1 - exp(log_tail) per row.
+
+    float64 so that the tail a reader derives as 1 - sum(exp(logprobs)) keeps its precision
+    when it is tiny (float32 log-probs leave ~1e-7 of noise in that sum, which decides the
+    RKL-side bucket term of a student that puts mass outside the teacher's top-k)."""
     if scheme in ("f32", "f16"):
-        lp = stored["logprobs"].float()
+        lp = stored["logprobs"].double()
     else:
-        c = stored["codes"].float() / 255.0
-        lp = -(c * c) * stored["span"].float().unsqueeze(-1)  # relative to the top-1
-    head = torch.log1p(-torch.exp(log_tail.double()).clamp(max=1.0 - 1e-12)).float()
+        c = stored["codes"].double() / 255.0
+        lp = -(c * c) * stored["span"].double().unsqueeze(-1)  # relative to the top-1
+    head = torch.log1p(-torch.exp(log_tail.double()).clamp(max=1.0 - 1e-15))
     return lp - torch.logsumexp(lp, dim=-1, keepdim=True) + head.unsqueeze(-1)
 
 
@@ -351,7 +355,7 @@ class TeacherCache:
                              f"from it needs temperature 1, got {config.temperature}")
 
     def load(self) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor, torch.Tensor]:
-        """(rows, ids [P, k] long, logprobs [P, k] float32) for all P response tokens."""
+        """(rows, ids [P, k] long, logprobs [P, k] float64) for all P response tokens."""
         from safetensors.torch import load_file
 
         r = load_file(str(self.path / ROWS_FILE))
@@ -359,9 +363,9 @@ class TeacherCache:
         for shard in self.manifest["shards"]:
             t = load_file(str(self.path / shard["file"]))
             ids.append(t["ids"].long())
-            lps.append(dequantize(t, t["log_tail"].float(), self.manifest["quantization"]))
+            lps.append(dequantize(t, t["log_tail"], self.manifest["quantization"]))
         all_ids = torch.cat(ids) if ids else torch.zeros(0, self.k, dtype=torch.long)
-        all_lp = torch.cat(lps) if lps else torch.zeros(0, self.k)
+        all_lp = torch.cat(lps) if lps else torch.zeros(0, self.k, dtype=torch.float64)
         rows = []
         start = 0
         for n, n_prompt in zip(r["lengths"].tolist(), r["prompt_lengths"].tolist()):
@@ -405,7 +409,7 @@ class TeacherCache:
         tail = (1.0 - lp.double().exp().sum(-1)).clamp_min(0.0)
         rest = torch.log(tail / max(vocab_size - k, 1)).float()
         out = rest.unsqueeze(-1).expand(n, vocab_size).clone()
-        out.scatter_(1, ids, lp)
+        out.scatter_(1, ids, lp.float())
         return out
 
 

@@ -223,7 +223,8 @@ class KDTrainer(Trainer):
             if sparse_cls is None:
                 raise ValueError("this akl_core has no SparseTeacher: a teacher cache needs it")
             ids = inputs[SPARSE_KEYS[0]].to(device).long()
-            logprobs = inputs[SPARSE_KEYS[1]].to(device).float()
+            # float64 keeps 1 - sum(p) (the tail bucket) exact when the tail is tiny
+            logprobs = inputs[SPARSE_KEYS[1]].to(device)
             if ids.shape[0] != int(valid.sum()):
                 raise ValueError(f"the sparse teacher has {ids.shape[0]} positions, the batch "
                                  f"{int(valid.sum())} valid ones: the cache does not match "
