@@ -382,41 +382,44 @@ def train(
     recorder = RecordCallback(trainer_ref, config, n_examples=len(rows), probe=probe, run=run,
                               on_record=on_record, should_stop=should_stop,
                               elapsed_offset=elapsed_offset)
-    with _STATE_LOCK:
-        args = training_arguments(config, output_dir, device=device,
-                                  configured_state=_ACTIVE_RUNS > 0)
-        world = int(args.world_size)
-        length = config.steps * config.batch_size * config.grad_accum * world
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
-            tokenizer.eos_token_id
-        try:
-            trainer = KDTrainer(
-                model=student.model, args=args, teacher_model=teacher.model if teacher else None,
-                loss=config.loss, loss_params=config.loss_params, kd_ratio=config.kd_ratio,
-                temperature=config.temperature, vocab_size=vocab,
-                lr_lambda=lambda s: lr_factor(s, config),
-                train_dataset=StreamDataset(rows, length, config.seed),
-                data_collator=KDCollator(pad or 0), callbacks=[recorder],
-            )
-        except ValueError as e:
-            if "already been initialized" in str(e):
-                raise ValueError("another run in this process trains with other device or "
-                                 "precision settings; wait for it to finish") from None
-            raise
-        _ACTIVE_RUNS += 1
-    trainer_ref.append(trainer)
-    student.device = args.device
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-    if run is not None and args.process_index == 0 and resume_from is None:
-        run.write_config({**config.to_dict(), "meta": {
-            "teacher_name": getattr(teacher, "name", None), "student_name": student.name,
-            "vocab_size": vocab, "examples": len(rows), "device": str(args.device),
-            "world_size": world, "akl_core": _version()}})
-    say(progress, "training")
-    status, error = "finished", None
+    main = distributed_state(device).is_main_process
+    status, error, counted = "finished", None, False
     try:
+        with _STATE_LOCK:
+            args = training_arguments(config, output_dir, device=device,
+                                      configured_state=_ACTIVE_RUNS > 0)
+            world = int(args.world_size)
+            length = config.steps * config.batch_size * config.grad_accum * world
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
+                tokenizer.eos_token_id
+            try:
+                trainer = KDTrainer(
+                    model=student.model, args=args,
+                    teacher_model=teacher.model if teacher else None, loss=config.loss,
+                    loss_params=config.loss_params, kd_ratio=config.kd_ratio,
+                    temperature=config.temperature, vocab_size=vocab,
+                    lr_lambda=lambda s: lr_factor(s, config),
+                    train_dataset=StreamDataset(rows, length, config.seed),
+                    data_collator=KDCollator(pad or 0), callbacks=[recorder],
+                )
+            except ValueError as e:
+                if "already been initialized" in str(e):
+                    raise ValueError("another run in this process trains with other device "
+                                     "or precision settings; wait for it to finish") from None
+                raise
+            _ACTIVE_RUNS += 1
+            counted = True
+        trainer_ref.append(trainer)
+        student.device = args.device
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+        if run is not None and main and resume_from is None:
+            run.write_config({**config.to_dict(), "meta": {
+                "teacher_name": getattr(teacher, "name", None), "student_name": student.name,
+                "vocab_size": vocab, "examples": len(rows), "device": str(args.device),
+                "world_size": world, "akl_core": _version()}})
+        say(progress, "training")
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         if recorder.stopped:
             status = "stopped"
@@ -427,10 +430,11 @@ def train(
         status, error = "failed", f"{type(e).__name__}: {e}"
         raise
     finally:
-        with _STATE_LOCK:
-            _ACTIVE_RUNS -= 1
+        if counted:
+            with _STATE_LOCK:
+                _ACTIVE_RUNS -= 1
         student.model.eval()
-        if run is not None and args.process_index == 0:
+        if run is not None and main:
             if error is not None:
                 run.finish(status, error=error)
             else:
