@@ -277,8 +277,9 @@ class KDTrainer(Trainer):
         if model.training:
             self._accumulate(kd.detach(), lm.detach(), stats, valid,
                              model_inputs.get("attention_mask"))
-        # DDP / FSDP / DeepSpeed average gradients over processes; num_items counts all of them.
-        loss = loss * self.accelerator.num_processes
+            # DDP / FSDP / DeepSpeed average gradients over processes; num_items counts the
+            # positions of all of them.
+            loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
 
     def _accumulate(self, kd: torch.Tensor, lm: torch.Tensor, stats: Any, valid: torch.Tensor,
