@@ -102,6 +102,9 @@ class _KDStepCallback(TrainerCallback):
     def __init__(self, trainer: KDTrainer) -> None:
         self.trainer = trainer
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._acc = None  # nothing from calls outside training
+
     def on_step_end(self, args, state, control, **kwargs):
         self.trainer._end_step(state)
 
