@@ -12,7 +12,6 @@ included; no probes). Medians over all rounds. A script, not a test:
     python benchmarks/bench_distill_step.py                       # default pair
     python benchmarks/bench_distill_step.py --tiny                # tiny random models, seconds
     python benchmarks/bench_distill_step.py --loss fkl --batch 4 --seq 256 --threads 2
-    python benchmarks/bench_distill_step.py --teacher-cache DIR   # also: engine on a cache
 """
 
 from __future__ import annotations
@@ -102,13 +101,13 @@ def time_old(teacher, student0, rows, cfg, vocab, steps) -> tuple[list[float], l
     return times, cpu
 
 
-def time_new(teacher, student0, rows, cfg, steps, **kw) -> tuple[list[float], list[float]]:
+def time_new(teacher, student0, rows, cfg, steps) -> tuple[list[float], list[float]]:
     """Wall seconds per step (the records' step_time) and process CPU seconds between
     consecutive records, steps 2.. of steps + 1."""
     student = copy.deepcopy(student0)
-    config = DistillConfig(**{**cfg.to_dict(), **kw, "steps": steps + 1})
+    config = DistillConfig(**{**cfg.to_dict(), "steps": steps + 1})
     marks: list[float] = []
-    outcome = engine.train(config, teacher=teacher if "teacher_cache" not in kw else None,
+    outcome = engine.train(config, teacher=teacher,
                            student=student, rows=rows, device=str(student.device),
                            on_record=lambda r: marks.append(time.process_time()))
     return ([r.step_time for r in outcome.records[1:]],
