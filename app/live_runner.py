@@ -2,23 +2,24 @@
 
 The page stores one LiveRun per browser session in st.session_state and polls it from a
 st.fragment(run_every=...); the worker thread never touches Streamlit. Stopping sets an
-event that the engine checks between steps; every finished step stays in the buffer (and
-in the run folder, which the engine writes step by step).
+event that the engine checks between steps (its TrainerCallback ends training); every
+finished step stays in the buffer (and in the run folder, which the engine writes step by
+step).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ui_common import error_message
 
-# job(should_stop, info) -> iterable of step records; `info` is a dict the job may fill
-# (e.g. info["run_dir"]) and the page may read.
-Job = Callable[[Callable[[], bool], dict], Iterable[Any]]
+# job(should_stop, info, emit): runs the training, calling emit(record) for each step record;
+# `info` is a dict the job may fill (e.g. info["run_dir"]) and the page may read.
+Job = Callable[[Callable[[], bool], dict, Callable[[Any], None]], None]
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,7 @@ class LiveRun:
             with self._lock:
                 if self.status == "starting":
                     self.status = "running"
-            for record in self.job(self._stop.is_set, self.info):
-                with self._lock:
-                    self.records.append(record)
-                    if self.first_step_at is None:
-                        self.first_step_at = time.perf_counter()
+            self.job(self._stop.is_set, self.info, self._emit)
             with self._lock:
                 self.status = "stopped" if self._stop.is_set() else "finished"
         except Exception as exc:  # noqa: BLE001 - reported in the page
@@ -80,6 +77,12 @@ class LiveRun:
         finally:
             with self._lock:
                 self.finished_at = time.perf_counter()
+
+    def _emit(self, record: Any) -> None:
+        with self._lock:
+            self.records.append(record)
+            if self.first_step_at is None:
+                self.first_step_at = time.perf_counter()
 
     def stop(self) -> None:
         """Ask the worker to stop after the current step."""

@@ -56,3 +56,26 @@ def tiny_student(teacher_tokenizer):
 
     model = make_tiny_model(len(teacher_tokenizer), layers=1, hidden=64, heads=4, seed=1)
     return ModelBundle(model, teacher_tokenizer, "tiny-student", torch.device("cpu"))
+
+
+@pytest.fixture(scope="session")
+def small_pair():
+    """(teacher, student) ModelBundles over a 1000-token BPE tokenizer (tests/small_lm): a
+    peaked 2-layer teacher and a 1-layer student; engine tests train copies of the student."""
+    from tests import small_lm
+
+    teacher = small_lm.small_teacher()
+    return teacher, small_lm.small_student(teacher)
+
+
+@pytest.fixture(scope="session")
+def kd_folders(tmp_path_factory, small_pair):
+    """Folders for engine runs in subprocesses: ``teacher`` / ``student`` (small_pair, saved
+    with its tokenizer) and ``data.jsonl`` (8 bundled prompts with short gold responses)."""
+    from tests import small_lm
+
+    base = tmp_path_factory.mktemp("kd")
+    small_lm.save_bundle(small_pair[0], base / "teacher")
+    small_lm.save_bundle(small_pair[1], base / "student")
+    small_lm.write_jsonl(base / "data.jsonl", small_lm.examples(8))
+    return base

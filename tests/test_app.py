@@ -17,7 +17,6 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 import akl_core  # noqa: E402
-from akl_core.lab import runs  # noqa: E402
 from tests.small_lm import examples, save_bundle, small_teacher, write_jsonl  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "app" / "Home.py"
@@ -323,7 +322,8 @@ def test_token_inspector_empty_text_is_an_error(app_env):
 @pytest.fixture(scope="module")
 def saved_runs(app_env):
     """Two finished runs written by the engine; only the second keeps its student."""
-    from akl_core.lab.distill import DistillConfig, distill
+    from akl_core.lab.distill import DistillConfig
+    from akl_core.lab.experiment import run_experiment
     from akl_core.lab.models import load_student, load_teacher
 
     root = app_env["base"] / "cmp_runs"
@@ -334,13 +334,9 @@ def saved_runs(app_env):
         cfg = DistillConfig(teacher=str(app_env["teacher"]), student="truncate:1", loss=loss,
                             steps=2, batch_size=2, max_length=48, probe_every=0,
                             data=str(app_env["data"]), targets="gold")
-        run = runs.Run.create(root, name=f"run{i}-{loss}")
-        for _ in distill(cfg, teacher=teacher, student=student, examples=examples(8), run=run):
-            pass
-        if i == 1:
-            student.model.save_pretrained(run.student_dir)
-            student.tokenizer.save_pretrained(run.student_dir)
-        made.append(run.path)
+        result = run_experiment(cfg, teacher=teacher, student=student, examples=examples(8),
+                                runs_dir=root, name=f"run{i}-{loss}", save_student=i == 1)
+        made.append(result.run_dir)
     return root, made
 
 

@@ -4,6 +4,7 @@
     akl eval RUN                               evaluate a saved run's student by generation
     akl runs                                   table of the runs under ./runs
     akl toy fig3_long_tail                     the paper's toy experiments from the shell
+    akl teacher-cache --k 64 --out DIR         the teacher's top-k once; distill --teacher-cache
 
 Errors are one line on stderr (`akl: error: ...`) with exit status 2.
 """
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = ds.add_argument_group("loss")
     g.add_argument("--loss", default=d.loss, help=_loss_help())
     g.add_argument("--param", action="append", type=_param, default=[], metavar="KEY=VALUE",
+                   dest="loss_params",
                    help="a loss parameter, repeatable (e.g. --param mu=0.5 --param "
                    "boundary=paper)")
     g.add_argument("--kd-ratio", type=float, default=d.kd_ratio,
@@ -143,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grad-clip", type=_optional_float, default=d.grad_clip,
                    help="max gradient norm, or 'none'")
     g.add_argument("--seed", type=int, default=d.seed, help="seed for student init and batches")
+    g.add_argument("--grad-accum", type=int, default=d.grad_accum,
+                   help="micro-batches of --batch-size per optimizer step and process")
+    g.add_argument("--bf16", action="store_true",
+                   help="bfloat16 mixed precision (accelerate autocast)")
+    g.add_argument("--save-every", type=int, default=d.save_every,
+                   help="save a checkpoint every K steps into <run>/checkpoints (0 = never)")
+    g.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue a run from its last checkpoint with its own config (the "
+                   "other config options are ignored); records after the checkpoint are "
+                   "redone")
     g = ds.add_argument_group("data")
     g.add_argument("--data", default=d.data,
                    help="bundled:train / bundled:validation / bundled:test or a Dolly-style "
@@ -153,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use only the first N examples")
     g.add_argument("--response-tokens", type=int, default=d.response_tokens,
                    help="max new tokens of the teacher's responses")
+    g.add_argument("--teacher-cache", default=None, metavar="DIR",
+                   help="train from a teacher cache made by `akl teacher-cache` (the teacher "
+                   "is not run; it must match the data and tokenizer)")
     g = ds.add_argument_group("diagnostics and output")
     g.add_argument("--probe-every", type=int, default=d.probe_every,
                    help="per-token probe diagnostics every K steps (0 = never)")
@@ -171,6 +186,36 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-tokens", type=int, default=d.response_tokens,
                    help="max new tokens when generating for evaluation")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    # ---- teacher-cache ----------------------------------------------------------------------
+    tc = sub.add_parser(
+        "teacher-cache", help="store the teacher's top-k log-probs for training without it",
+        description="Run the teacher once over the training rows (the same settings as "
+        "`akl distill`: data, targets, max length, response tokens) and store its top-k "
+        "log-probs per response token, plus the mass outside them, in safetensors shards with "
+        "a manifest; `akl distill --teacher-cache DIR` then trains without the teacher.",
+        formatter_class=_Formatter,
+    )
+    tc.add_argument("--teacher", default=d.teacher, metavar="SPEC",
+                    help="teacher: 'bundled' (the default when omitted), a hub name or a folder")
+    tc.add_argument("--data", default=d.data, help="bundled:<split> or a Dolly-style JSONL file")
+    tc.add_argument("--targets", choices=["teacher", "gold"], default=d.targets,
+                    help="the teacher's greedy responses or the data's responses")
+    tc.add_argument("--max-length", type=int, default=d.max_length,
+                    help="max tokens per sequence (prompt + response)")
+    tc.add_argument("--response-tokens", type=int, default=d.response_tokens,
+                    help="max new tokens of the teacher's responses")
+    tc.add_argument("--max-examples", type=int, default=d.max_examples,
+                    help="use only the first N examples")
+    tc.add_argument("--k", type=int, default=64, help="log-probs kept per token")
+    tc.add_argument("--quantization", choices=["u8", "f16", "f32"], default="u8",
+                    help="u8: 3 bytes per entry (uint16 id + 8-bit log-prob); f16: 4; f32: 6")
+    tc.add_argument("--out", required=True, metavar="DIR", help="the cache folder to write")
+    tc.add_argument("--batch-size", type=int, default=8, help="sequences per teacher forward")
+    tc.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    tc.add_argument("--trust-remote-code", action="store_true",
+                    help="allow custom model code from the hub (off by default)")
+    tc.add_argument("--quiet", action="store_true", help="no progress bar")
 
     # ---- eval -------------------------------------------------------------------------------
     ev = sub.add_parser(
@@ -242,6 +287,9 @@ def _tqdm_progress(quiet: bool):
     def cb(stage: str, done: int, total: int) -> None:
         if quiet:
             return
+        if total <= 0:  # a message
+            _say(stage)
+            return
         bar = bars.get(stage)
         if bar is None:
             bar = bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, leave=False)
@@ -256,13 +304,7 @@ def _tqdm_progress(quiet: bool):
 def _load_eval_examples(source: str, n: int) -> list:
     from akl_core.lab import data
 
-    if source.startswith("bundled"):
-        examples = data.load_bundled(source.partition(":")[2] or "test")
-    else:
-        if not Path(source).is_file():
-            raise UsageError(f"no such evaluation file {source!r}")
-        examples = data.load_jsonl(source)
-    return examples[:n]
+    return data.load_source(source, default_split="test", limit=n)
 
 
 def _run_eval(student, teacher, source: str, n: int, max_new_tokens: int, batch_size: int,
@@ -295,70 +337,118 @@ def _print_scores(result: dict) -> None:
     print(format_table(rows))
 
 
+def _check_launcher() -> None:
+    """`accelerate launch --cpu --num_processes N` (N > 1) starts ONE process unless mpirun
+    runs it (accelerate's simple launcher; MASTER_ADDR is set only when N > 1): refuse instead
+    of silently training one process."""
+    import os
+
+    env = os.environ
+    if (env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+            and "MASTER_ADDR" in env and "WORLD_SIZE" not in env
+            and not any(k in env for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE",
+                                           "MV2_COMM_WORLD_SIZE"))):
+        raise UsageError(
+            "accelerate launch --cpu started a single process (several CPU processes need "
+            "mpirun); use `accelerate launch --multi_gpu --num_processes N` (torchrun; on a "
+            "machine with GPUs add ACCELERATE_USE_CPU=1 to stay on the CPU)")
+
+
+def config_from_args(a: argparse.Namespace) -> Any:
+    """The DistillConfig of `akl distill`'s options: one mapping, option dest = field name."""
+    from akl_core.lab.distill import DistillConfig
+
+    values = {name: getattr(a, name) for name in DistillConfig.field_names() if hasattr(a, name)}
+    values["loss_params"] = dict(values.get("loss_params") or [])
+    return DistillConfig.from_mapping(values)
+
+
 def cmd_distill(a: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from akl_core.lab import models, runs
-    from akl_core.lab.distill import DistillConfig, distill
-    from akl_core.lab.runs import Run
+    from akl_core.lab import runs
+    from akl_core.lab.distill import DistillConfig
+    from akl_core.lab.engine import distributed_state
+    from akl_core.lab.experiment import EvalSettings, run_experiment
+    from akl_core.lab.runs import load_run, resolve_run, summarize
 
-    config = DistillConfig(
-        teacher=a.teacher, student=a.student, loss=a.loss, loss_params=dict(a.param),
-        steps=a.steps, batch_size=a.batch_size, max_length=a.max_length, lr=a.lr,
-        kd_ratio=a.kd_ratio, temperature=a.temperature, seed=a.seed,
-        probe_every=a.probe_every, probe_topk=a.probe_topk, warmup_steps=a.warmup_steps,
-        scheduler=a.scheduler, weight_decay=a.weight_decay, grad_clip=a.grad_clip,
-        data=a.data, targets=a.targets, max_examples=a.max_examples,
-        response_tokens=a.response_tokens,
-    ).validate()
     for name in ("eval_examples", "eval_tokens"):
         if getattr(a, name) < 0 or (name == "eval_tokens" and a.eval_tokens < 1):
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got "
                              f"{getattr(a, name)}")
-    runs.run_folder_name(a.name, config.loss)  # a bad --name / --runs-dir fails before loading
-    runs.ensure_root(a.runs_dir)
-    say = None if a.quiet else _say
-    teacher = models.load_teacher(config.teacher, device=a.device, progress=say,
-                                  trust_remote_code=a.trust_remote_code)
-    student = models.load_student(config.student, teacher, seed=config.seed, device=a.device,
-                                  trust_remote_code=a.trust_remote_code)
-    run = Run.create(a.runs_dir, name=a.name, loss=config.loss)
-    _say(f"run folder: {run.path}")
-    session = distill(config, teacher=teacher, student=student, run=run,
-                      progress=_tqdm_progress(a.quiet))
-    bar = tqdm(total=config.steps, desc=f"distill {config.loss}", file=sys.stderr,
-               disable=a.quiet)
+    _check_launcher()
+    if a.resume:
+        config = None
+        total = DistillConfig.from_dict(load_run(resolve_run(a.resume, a.runs_dir)).config).steps
+    else:
+        config = config_from_args(a)
+        total = config.steps
+    if not a.resume:  # a bad --name / --runs-dir fails before any model loads
+        runs.run_folder_name(a.name, config.loss)
+        runs.ensure_root(a.runs_dir)
+    main = distributed_state(a.device).is_main_process
+    quiet = a.quiet or not main
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    bar = tqdm(total=total, desc=f"distill {config.loss if config else 'resume'}",
+               file=sys.stderr, disable=quiet)
+    where: list = []
+
+    def on_run(path: Path) -> None:
+        where.append(path)
+        _say(f"run folder: {path}")
+
+    def on_record(rec: Any) -> None:
+        bar.n = rec.step
+        bar.set_postfix(loss=f"{rec.loss:.4f}", g_head=f"{rec.g_head:.3f}",
+                        g_tail=f"{rec.g_tail:.3f}", tok_s=f"{rec.tokens_per_second:.0f}")
+
+    evaluation = (EvalSettings(n=a.eval_examples, data=a.eval_data,
+                               max_new_tokens=a.eval_tokens) if a.eval_examples else None)
     try:
-        for rec in session:
-            bar.update(1)
-            bar.set_postfix(loss=f"{rec.loss:.4f}", g_head=f"{rec.g_head:.3f}",
-                            g_tail=f"{rec.g_tail:.3f}", tok_s=f"{rec.tokens_per_second:.0f}")
+        result = run_experiment(
+            config, runs_dir=a.runs_dir, name=a.name, save_student=not a.no_save_student,
+            evaluation=evaluation, on_record=on_record, progress=_tqdm_progress(quiet),
+            device=a.device, resume=a.resume, on_run=on_run,
+            trust_remote_code=a.trust_remote_code,
+        )
     except KeyboardInterrupt:
-        session.close()
         bar.close()
-        if run.discard_if_empty():
-            _say("interrupted before the first step; no run folder was kept")
+        if where and where[0].exists():
+            _say(f"interrupted; run kept at {where[0]}")
         else:
-            _say(f"interrupted after {session.steps_done} steps; run kept at {run.path}")
+            _say("interrupted before the first step; no run folder was kept")
         return EXIT_INTERRUPTED
-    except BaseException:
-        run.discard_if_empty()  # e.g. bad data: no empty folder is left behind
-        raise
     finally:
         bar.close()
-    if not a.no_save_student:
-        student.model.save_pretrained(run.student_dir, safe_serialization=True)
-        student.tokenizer.save_pretrained(run.student_dir)
-    if a.eval_examples:
-        result = _run_eval(student, teacher, a.eval_data, a.eval_examples, a.eval_tokens,
-                           8, a.quiet)
-        run.write_eval(result)
-        _print_scores(result)
-    from akl_core.lab.runs import load_run, summarize
+    if not main:
+        return 0
+    if result.evaluation is not None:
+        _print_scores(result.evaluation)
+    summary = summarize(load_run(result.run_dir).steps)
+    print(f"run {result.run_dir.name}: {summary['steps_done']} steps, final loss "
+          f"{summary.get('final_loss') or float('nan'):.4f}, saved in {result.run_dir}")
+    return 0
 
-    summary = summarize(load_run(run.path).steps)
-    print(f"run {run.name}: {summary['steps_done']} steps, final loss "
-          f"{summary.get('final_loss') or float('nan'):.4f}, saved in {run.path}")
+
+def cmd_teacher_cache(a: argparse.Namespace) -> int:
+    from akl_core.lab import models, teacher_cache
+    from akl_core.lab.distill import DistillConfig
+
+    if a.batch_size < 1:
+        raise UsageError(f"--batch-size must be positive, got {a.batch_size}")
+    config = DistillConfig.from_mapping({
+        "teacher": a.teacher, "data": a.data, "targets": a.targets, "max_length": a.max_length,
+        "response_tokens": a.response_tokens, "max_examples": a.max_examples})
+    progress = _tqdm_progress(a.quiet)
+    teacher = models.load_teacher(config.teacher, device=a.device,
+                                  progress=None if a.quiet else _say,
+                                  trust_remote_code=a.trust_remote_code)
+    manifest = teacher_cache.build(teacher, config, a.out, k=a.k, quantization=a.quantization,
+                                   batch_size=a.batch_size, progress=progress)
+    print(f"teacher cache {a.out}: {teacher_cache.describe(manifest)}")
     return 0
 
 
@@ -475,7 +565,8 @@ def cmd_toy(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"distill": cmd_distill, "eval": cmd_eval, "runs": cmd_runs, "toy": cmd_toy}
+COMMANDS = {"distill": cmd_distill, "eval": cmd_eval, "runs": cmd_runs, "toy": cmd_toy,
+            "teacher-cache": cmd_teacher_cache}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

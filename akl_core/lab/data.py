@@ -175,6 +175,38 @@ def load_bundled(split: str = "train") -> list[Example]:
     return [e for e in examples if e.id in keep]
 
 
+def parse_source(source: str, default_split: str = "train") -> tuple[str, str]:
+    """The one parser of a data source: ``("bundled", split)`` for "bundled" or
+    "bundled:<split>" (train / validation / test / all), else ``("jsonl", path)``.
+
+    Raises ValueError for an empty source, an unknown split or a missing file."""
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError(f"data must be 'bundled:<split>' or a JSONL path, got {source!r}")
+    source = source.strip()
+    head, sep, split = source.partition(":")
+    if head == "bundled":
+        split = split or default_split
+        if split not in (*SPLITS, "all"):
+            raise ValueError(f"data: bundled split must be one of {(*SPLITS, 'all')}, "
+                             f"got {split!r}")
+        return "bundled", split
+    if not Path(source).expanduser().is_file():
+        raise ValueError(f"data: no such JSONL file {source!r}")
+    return "jsonl", source
+
+
+def load_source(source: str, *, default_split: str = "train", limit: int | None = None
+                ) -> list[Example]:
+    """The examples of a data source (see :func:`parse_source`), the first `limit` of them."""
+    kind, where = parse_source(source, default_split)
+    examples = load_bundled(where) if kind == "bundled" else load_jsonl(where)
+    if limit is not None:
+        examples = examples[:limit]
+    if not examples:
+        raise ValueError(f"data: {source!r} holds no examples")
+    return examples
+
+
 # ----------------------------------------------------------------------------------------------
 # Prompts and teacher responses
 # ----------------------------------------------------------------------------------------------

@@ -1,16 +1,18 @@
-"""The short-distillation engine (level 3 of DESIGN.md) and the level-2 real-position fit.
+"""What a short distillation is (its config and records) and the level-2 real-position fit.
 
-Level 3: a teacher LLM and a student network sharing its tokenizer, teacher-forced on
-instruction data (prompt + response, labels -100 on prompt and padding). Per step:
+Level 3 (the engine: akl_core.lab.engine on akl_core.lab.trainer.KDTrainer, called through
+akl_core.lab.experiment.run_experiment): a teacher LLM and a student network sharing its
+tokenizer, teacher-forced on instruction data (prompt + response, labels -100 on prompt and
+padding). Per optimizer step:
 
     loss = (1 - kd_ratio) * CE(student, labels) + kd_ratio * distillation_loss(student, teacher)
 
 with positions aligned as logits[:, :-1] against labels[:, 1:] (position t predicts token t+1).
-p = teacher (forward under no_grad, detached), q = student. The KD term is the mean over valid
-(label != -100) positions pooled over the batch. `distill(config)` yields one `StepRecord`
-per optimizer step; every `probe_every` steps the record carries a `ProbeRecord` with
-per-token diagnostics of one fixed example. Stop it by breaking out of the loop, by closing
-it, or with `should_stop`. Same config and seed -> same records.
+p = teacher (forward under no_grad, detached), q = student. Both terms are means over the
+valid (label != -100) positions of the whole step (all micro-batches, all processes). A
+:class:`DistillConfig` defines a run; the engine streams one :class:`StepRecord` per optimizer
+step, every `probe_every` steps with a :class:`ProbeRecord` of one fixed example. Same config
+and seed -> same records.
 
 Level 2: `fit_real_positions` takes the teacher's next-token distributions at real positions
 of real text and fits one free logit vector per position with the toy trainer.
@@ -19,22 +21,18 @@ of real text and fits one free logit vector per position with the toy trainer.
 from __future__ import annotations
 
 import math
-import random
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 import akl_core
 from akl_core.lab.data import DEFAULT_MAX_NEW_TOKENS
+from akl_core.lab.diagnostics import PositionDiagnostics
 
 SCHEDULERS = ("constant", "linear", "cosine")
 TARGETS = ("teacher", "gold")
-BUNDLED_SPLITS = ("train", "validation", "test", "all")
 MAX_PROBE_TOPK = 100  # probes store top-k tokens per position: keep probes.jsonl small
 
 
@@ -56,6 +54,12 @@ class DistillConfig:
         data's reference responses.
     probe_every: every k steps, per-token diagnostics of one fixed example (0 = never).
     scheduler: constant / linear / cosine decay after `warmup_steps` linear warm-up steps.
+    batch_size: sequences per micro-batch on each process; one optimizer step sees
+        batch_size x grad_accum x processes sequences.
+    bf16: bfloat16 autocast (accelerate's mixed precision). save_every: a checkpoint (student,
+        optimizer, scheduler, RNG, TAID state) every k steps into <run>/checkpoints (0 = never),
+        for `akl distill --resume`. teacher_cache: a folder made by `akl teacher-cache`; the
+        run then reads the teacher's top-k from it instead of running the teacher.
     """
 
     teacher: str | None = None
@@ -79,6 +83,10 @@ class DistillConfig:
     targets: str = "teacher"
     max_examples: int | None = None
     response_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    grad_accum: int = 1
+    bf16: bool = False
+    save_every: int = 0
+    teacher_cache: str | None = None
 
     def validate(self) -> DistillConfig:
         """Raise ValueError naming the field on any bad value; returns self."""
@@ -100,9 +108,10 @@ class DistillConfig:
                                  f"got {v!r}")
             return float(v)
 
-        for name in ("steps", "batch_size", "max_length", "probe_topk", "response_tokens"):
+        for name in ("steps", "batch_size", "max_length", "probe_topk", "response_tokens",
+                     "grad_accum"):
             positive_int(name)
-        for name in ("probe_every", "warmup_steps", "seed"):
+        for name in ("probe_every", "warmup_steps", "seed", "save_every"):
             positive_int(name, allow_zero=True)
         if self.probe_topk > MAX_PROBE_TOPK:
             raise ValueError(f"probe_topk must be at most {MAX_PROBE_TOPK} (top-k tokens stored "
@@ -133,28 +142,41 @@ class DistillConfig:
             akl_core.resolve_params(self.loss, **self.loss_params)
         except (ValueError, TypeError) as e:
             raise ValueError(f"loss_params for {self.loss!r}: {e}") from None
-        self._check_data()
-        return self
+        if not isinstance(self.bf16, bool):
+            raise ValueError(f"bf16 must be true or false, got {self.bf16!r}")
+        if self.teacher_cache is not None and (not isinstance(self.teacher_cache, str)
+                                               or not self.teacher_cache):
+            raise ValueError(f"teacher_cache must be a folder or None, got "
+                             f"{self.teacher_cache!r}")
+        from akl_core.lab.data import parse_source
 
-    def _check_data(self) -> None:
-        if not isinstance(self.data, str) or not self.data:
-            raise ValueError(f"data must be 'bundled:<split>' or a JSONL path, got {self.data!r}")
-        if self.data.startswith("bundled"):
-            split = self.data.partition(":")[2] or "train"
-            if split not in BUNDLED_SPLITS:
-                raise ValueError(f"data: bundled split must be one of {BUNDLED_SPLITS}, "
-                                 f"got {split!r}")
-        elif not Path(self.data).is_file():
-            raise ValueError(f"data: no such JSONL file {self.data!r}")
+        parse_source(self.data)
+        return self
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> DistillConfig:
-        """Build from a dict (e.g. a run's config.json); unknown keys are ignored."""
+    def from_dict(cls, d: Mapping[str, Any]) -> DistillConfig:
+        """Build from a mapping (e.g. a run's config.json); unknown keys are ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> DistillConfig:
+        """The one way front-ends build a config: field name -> value (the CLI's parsed
+        options, the Live page's widgets). Unknown names raise ValueError (a typo must not be
+        silently dropped); missing ones keep their defaults. Validated."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown DistillConfig fields: {', '.join(unknown)}")
+        return cls(**dict(values)).validate()
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """The config's field names, in order."""
+        return [f.name for f in fields(cls)]
 
     def head_params(self) -> tuple[float, str]:
         """(mu, boundary) for the head/tail diagnostics: the loss's own for akl/akl_r."""
@@ -168,43 +190,27 @@ class DistillConfig:
 
 
 @dataclass
-class ProbeRecord:
-    """Per-token diagnostics of the fixed probe example at one step (lists of length T).
+class ProbeRecord(PositionDiagnostics):
+    """Per-token diagnostics of the fixed probe example at one step (lists of length T), as
+    akl_core.lab.diagnostics.PositionDiagnostics, plus where it comes from.
 
     Taken after the step's optimizer update (the student as it leaves step `step`).
-    Position i is the student predicting `tokens[i]` (a response token). w, g_head, g_tail,
-    head_size, head_mass, teacher_entropy, student_entropy: akl_core.head_tail; loss_value: the
-    chosen loss per token; fkl, rkl: those divergences per token; teacher_topk / student_topk:
-    per position a list of [token_string, probability] pairs, most probable first.
+    Position i is the student predicting `tokens[i]` (a response token).
     """
 
-    step: int
-    example_id: str
-    prompt: str
-    tokens: list[str]
-    token_ids: list[int]
-    w: list[float]
-    g_head: list[float]
-    g_tail: list[float]
-    head_size: list[int]
-    head_mass: list[float]
-    teacher_entropy: list[float]
-    student_entropy: list[float]
-    loss_value: list[float]
-    fkl: list[float]
-    rkl: list[float]
-    teacher_topk: list[list[list]]
-    student_topk: list[list[list]]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    step: int = 0
+    example_id: str = ""
+    prompt: str = ""
 
 
 @dataclass
 class StepRecord:
     """One optimizer step. Losses are the values at this step's forward pass (before the
-    update); g_head / g_tail / w / head_size / entropies are means over the batch's valid
-    tokens; tokens counts non-padding input tokens; elapsed is seconds since training began."""
+    update); g_head / g_tail / w / head_size / entropies are means over the step's valid
+    tokens (all micro-batches and processes); tokens counts non-padding input tokens of the
+    step; step_time: wall seconds from the end of the previous step's record (data loading
+    included, probes not); elapsed: seconds since training began (across a resume);
+    world_size: processes; grad_accum: micro-batches per process and step."""
 
     step: int
     loss: float
@@ -225,411 +231,14 @@ class StepRecord:
     elapsed: float
     epoch: int
     taid_t: float | None = None
+    world_size: int = 1
+    grad_accum: int = 1
     probe: ProbeRecord | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["probe"] = self.probe.to_dict() if self.probe is not None else None
         return d
-
-
-# ----------------------------------------------------------------------------------------------
-# Engine
-# ----------------------------------------------------------------------------------------------
-
-
-def set_seed(seed: int) -> None:
-    """Seed Python's and torch's generators."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def load_examples(config: DistillConfig) -> list:
-    """The examples named by ``config.data`` (cut to ``max_examples``)."""
-    from akl_core.lab import data
-
-    if config.data.startswith("bundled"):
-        examples = data.load_bundled(config.data.partition(":")[2] or "train")
-    else:
-        examples = data.load_jsonl(config.data)
-    if config.max_examples is not None:
-        examples = examples[: config.max_examples]
-    if not examples:
-        raise ValueError(f"data: {config.data!r} holds no examples")
-    return examples
-
-
-def _lr_factor(step: int, config: DistillConfig) -> float:
-    """Multiplier of the base lr for 0-based optimizer step `step`."""
-    warm = config.warmup_steps
-    if warm and step < warm:
-        return (step + 1) / warm
-    if config.scheduler == "constant":
-        return 1.0
-    span = max(1, config.steps - warm)
-    frac = min(1.0, (step - warm) / span)
-    if config.scheduler == "linear":
-        return max(0.0, 1.0 - frac)
-    return 0.5 * (1.0 + math.cos(math.pi * frac))
-
-
-def _shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Align position t's logits with token t+1: logits[:, :-1], labels[:, 1:]."""
-    return logits[:, :-1], labels[:, 1:]
-
-
-def _token_text(tokenizer: Any, token_id: int) -> str:
-    return tokenizer.decode([int(token_id)])
-
-
-class DistillSession:
-    """The iterator returned by :func:`distill`; also exposes teacher, student, examples.
-
-    Models and data are loaded on the first ``next()`` (or an explicit ``setup()``).
-    """
-
-    def __init__(
-        self,
-        config: DistillConfig,
-        *,
-        teacher: Any = None,
-        student: Any = None,
-        examples: list | None = None,
-        responses: list[str] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-        run: Any = None,
-        progress: Callable[[str, int, int], None] | None = None,
-    ):
-        self.config = config.validate()
-        self.teacher = teacher
-        self.student = student
-        self.examples = examples
-        self.responses = responses
-        self.should_stop = should_stop
-        self.run = run
-        self.progress = progress
-        self.vocab_size: int | None = None
-        self.encoded: dict[str, torch.Tensor] | None = None
-        self.steps_done = 0
-        self.stopped = False
-        self._gen: Iterator[StepRecord] | None = None
-
-    # -- set-up ----------------------------------------------------------------------------
-    def setup(self) -> DistillSession:
-        """Load models, data and teacher responses; tokenise. Idempotent."""
-        if self.encoded is not None:
-            return self
-        from akl_core.lab import data, models
-
-        cfg = self.config
-        if self.responses is not None and self.examples is None:
-            raise ValueError("responses were given without examples")
-        if self.teacher is None:
-            self.teacher = models.load_teacher(cfg.teacher)
-        if self.student is None:
-            set_seed(cfg.seed)
-            self.student = models.load_student(cfg.student, self.teacher, seed=cfg.seed)
-        self.vocab_size = models.shared_vocab_size(self.teacher, self.student)
-        if self.examples is None:
-            self.examples = load_examples(cfg)
-        if self.responses is None:
-            if cfg.targets == "gold":
-                missing = [ex.id for ex in self.examples if not ex.response]
-                if missing:
-                    raise ValueError(f"targets='gold' but {len(missing)} examples have no "
-                                     f"response (first: {missing[0]!r})")
-                self.responses = [ex.response for ex in self.examples]
-            else:
-                cb = None
-                if self.progress is not None:
-                    def cb(done: int, total: int) -> None:
-                        self.progress("teacher responses", done, total)
-                self.responses = data.teacher_responses(
-                    self.teacher, self.examples, max_new_tokens=cfg.response_tokens, progress=cb
-                )
-        if len(self.responses) != len(self.examples):
-            raise ValueError(f"{len(self.responses)} responses for {len(self.examples)} examples")
-        self.encoded = data.tokenize_for_kd(
-            self.teacher.tokenizer, self.examples, self.responses, max_length=cfg.max_length
-        )
-        if int((self.encoded["labels"][:, 1:] != -100).sum()) == 0:
-            raise ValueError("no response tokens to train on: raise max_length or check the data")
-        return self
-
-    # -- iterator protocol -----------------------------------------------------------------
-    def __iter__(self) -> DistillSession:
-        return self
-
-    def __next__(self) -> StepRecord:
-        if self._gen is None:
-            self._gen = self._loop()
-        return next(self._gen)
-
-    def close(self) -> None:
-        """Stop now (between steps); a run being written is finished with status 'stopped'."""
-        if self._gen is None:
-            self._gen = iter(())
-        else:
-            self._gen.close()
-
-    # -- the loop --------------------------------------------------------------------------
-    def _batches(self) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
-        """Endless seeded batches (akl_core.lab.data.iterate_batches) with their epoch number."""
-        from akl_core.lab import data
-
-        assert self.encoded is not None
-        n = int(self.encoded["input_ids"].shape[0])
-        bs = self.config.batch_size
-        for i, batch in enumerate(
-            data.iterate_batches(self.encoded, bs, seed=self.config.seed, shuffle=True)
-        ):
-            yield (i * bs) // n, batch
-
-    def _loop(self) -> Iterator[StepRecord]:
-        self.setup()
-        cfg = self.config
-        teacher, student = self.teacher, self.student
-        device = student.device
-        run = self.run
-        if run is not None:
-            run.write_config({**cfg.to_dict(), "meta": {
-                "teacher_name": teacher.name, "student_name": student.name,
-                "vocab_size": self.vocab_size, "examples": len(self.examples),
-                "device": str(device), "akl_core": getattr(akl_core, "__version__", "?")}})
-        set_seed(cfg.seed)
-        params = akl_core.resolve_params(cfg.loss, **cfg.loss_params)
-        schedule = None
-        if cfg.loss == "taid" and "t" not in cfg.loss_params:
-            schedule = akl_core.TAIDSchedule()
-        mu, boundary = cfg.head_params()
-        model = student.model
-        model.train()
-        teacher.model.eval()
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
-        probe_batch = self._probe_batch()
-        status = "finished"
-        start = time.perf_counter()
-        batches = self._batches()
-        try:
-            for step in range(1, cfg.steps + 1):
-                if self.should_stop is not None and self.should_stop():
-                    status = "stopped"
-                    self.stopped = True
-                    break
-                epoch, batch = next(batches)
-                t0 = time.perf_counter()
-                if schedule is not None:
-                    params["t"] = float(schedule.t)
-                rec = self._step(batch, opt, params, mu, boundary, device)
-                lr = opt.param_groups[0]["lr"]
-                sched.step()
-                if schedule is not None:
-                    schedule.update(rec["kd_loss"], step - 1, cfg.steps)
-                step_time = time.perf_counter() - t0
-                probe = None
-                if cfg.probe_every and (step % cfg.probe_every == 0 or step == 1):
-                    probe = self.probe(probe_batch, step=step, params=params, mu=mu,
-                                       boundary=boundary)
-                    model.train()
-                record = StepRecord(
-                    step=step,
-                    lr=lr,
-                    step_time=step_time,
-                    tokens_per_second=rec["tokens"] / max(step_time, 1e-9),
-                    elapsed=time.perf_counter() - start,
-                    epoch=epoch,
-                    taid_t=params.get("t") if cfg.loss == "taid" else None,
-                    probe=probe,
-                    **rec,
-                )
-                self.steps_done = step
-                if run is not None:
-                    d = record.to_dict()
-                    probe_d = d.pop("probe")
-                    run.append_step(d)
-                    if probe_d is not None:
-                        run.append_probe(probe_d)
-                yield record
-        except GeneratorExit:
-            status = "stopped"
-            self.stopped = True
-            raise
-        except KeyboardInterrupt:
-            status = "stopped"
-            self.stopped = True
-            raise
-        except BaseException as e:
-            status = "failed"
-            if run is not None:
-                run.finish(status, error=f"{type(e).__name__}: {e}")
-                run = None
-            raise
-        finally:
-            model.eval()
-            if run is not None:
-                run.finish(status)
-
-    def _forward(self, batch: dict[str, torch.Tensor], device: torch.device):
-        ids = batch["input_ids"].to(device)
-        attn = batch["attention_mask"].to(device)
-        labels = batch["labels"].to(device)
-        with torch.no_grad():
-            t_logits = self.teacher.model(
-                input_ids=ids.to(self.teacher.device), attention_mask=attn.to(self.teacher.device)
-            ).logits.to(device)
-        s_logits = self.student.model(input_ids=ids, attention_mask=attn).logits
-        s, lab = _shift(s_logits, labels)
-        t, _ = _shift(t_logits, labels)
-        return s, t, lab, attn
-
-    def _step(self, batch, opt, params, mu, boundary, device) -> dict[str, Any]:
-        cfg = self.config
-        V = self.vocab_size
-        s, t, lab, attn = self._forward(batch, device)
-        if self.steps_done and not bool(torch.isfinite(s).all()):  # the last update diverged
-            raise ValueError(f"the student's logits became non-finite at step "
-                             f"{self.steps_done + 1}: the learning rate {cfg.lr:g} is too high")
-        kd = akl_core.distillation_loss(
-            s, t, loss=cfg.loss, labels=lab, temperature=cfg.temperature, vocab_size=V, **params
-        )
-        valid = lab != -100
-        s_v = s[valid]  # [N, Vs]
-        if cfg.kd_ratio < 1.0:
-            lm = F.cross_entropy(s_v.float(), lab[valid])
-        else:
-            with torch.no_grad():
-                lm = F.cross_entropy(s_v.detach().float(), lab[valid])
-        loss = cfg.kd_ratio * kd + (1.0 - cfg.kd_ratio) * lm if cfg.kd_ratio < 1.0 else kd
-        if not torch.isfinite(loss):
-            raise ValueError(f"loss became non-finite ({float(loss)}) at step "
-                             f"{self.steps_done + 1}; lower lr (now {cfg.lr})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.student.model.parameters(), cfg.grad_clip)
-        opt.step()
-        ht = akl_core.head_tail(
-            s_v.detach(), t[valid], mu=mu, boundary=boundary, temperature=cfg.temperature,
-            vocab_size=V,
-        )
-        divs = akl_core.per_token_divergences(
-            s_v.detach()[..., :V], t[valid][..., :V], names=["fkl", "rkl"],
-            temperature=cfg.temperature,
-        )
-        return {
-            "loss": float(loss.detach()),
-            "kd_loss": float(kd.detach()),
-            "lm_loss": float(lm.detach()),
-            "g_head": float(ht.g_head.mean()),
-            "g_tail": float(ht.g_tail.mean()),
-            "w": float(ht.w.mean()),
-            "head_size": float(ht.head_size.float().mean()),
-            "teacher_entropy": float(ht.teacher_entropy.mean()),
-            "student_entropy": float(ht.student_entropy.mean()),
-            "fkl": float(divs["fkl"].mean()),
-            "rkl": float(divs["rkl"].mean()),
-            "tokens": int(attn.sum()),
-        }
-
-    def _probe_batch(self) -> dict[str, torch.Tensor]:
-        """The fixed probe example (the first training example), padding trimmed."""
-        assert self.encoded is not None
-        used = max(2, int(self.encoded["attention_mask"][0].sum()))
-        return {k: v[:1, :used] for k, v in self.encoded.items()}
-
-    @torch.no_grad()
-    def probe(
-        self,
-        batch: dict[str, torch.Tensor] | None = None,
-        *,
-        step: int | None = None,
-        params: dict | None = None,
-        mu: float | None = None,
-        boundary: str | None = None,
-    ) -> ProbeRecord:
-        """Per-token diagnostics of one example (default: the first training example)."""
-        self.setup()
-        cfg = self.config
-        if batch is None:
-            batch = self._probe_batch()
-        if params is None:
-            params = akl_core.resolve_params(cfg.loss, **cfg.loss_params)
-        if mu is None or boundary is None:
-            mu, boundary = cfg.head_params()
-        self.student.model.eval()
-        s, t, lab, _ = self._forward(batch, self.student.device)
-        valid = lab[0] != -100
-        s, t, ids = s[0][valid], t[0][valid], lab[0][valid]  # [T, V], [T]
-        V = self.vocab_size
-        s, t = s[..., :V].float(), t[..., :V].float()
-        T = cfg.temperature
-        ht = akl_core.head_tail(s, t, mu=mu, boundary=boundary, temperature=T)
-        value = akl_core.distillation_loss(s, t, loss=cfg.loss, reduction="none", temperature=T,
-                                           **params)
-        divs = akl_core.per_token_divergences(s, t, names=["fkl", "rkl"], temperature=T)
-        tok = self.teacher.tokenizer
-        k = min(cfg.probe_topk, V)
-
-        def topk(logits: torch.Tensor) -> list[list[list]]:
-            probs, idx = torch.softmax(logits / T, dim=-1).topk(k, dim=-1)
-            return [[[_token_text(tok, i), float(p)] for p, i in zip(pr, ix)]
-                    for pr, ix in zip(probs.tolist(), idx.tolist())]
-
-        ex_index = 0
-        ex = self.examples[ex_index] if self.examples else None
-        return ProbeRecord(
-            step=int(step if step is not None else self.steps_done),
-            example_id=str(getattr(ex, "id", ex_index)),
-            prompt=str(getattr(ex, "instruction", "")),
-            tokens=[_token_text(tok, i) for i in ids.tolist()],
-            token_ids=[int(i) for i in ids.tolist()],
-            w=ht.w.tolist(),
-            g_head=ht.g_head.tolist(),
-            g_tail=ht.g_tail.tolist(),
-            head_size=[int(x) for x in ht.head_size.tolist()],
-            head_mass=ht.head_mass.tolist(),
-            teacher_entropy=ht.teacher_entropy.tolist(),
-            student_entropy=ht.student_entropy.tolist(),
-            loss_value=value.float().tolist(),
-            fkl=divs["fkl"].float().tolist(),
-            rkl=divs["rkl"].float().tolist(),
-            teacher_topk=topk(t),
-            student_topk=topk(s),
-        )
-
-
-def distill(
-    config: DistillConfig,
-    *,
-    teacher: Any = None,
-    student: Any = None,
-    examples: list | None = None,
-    responses: list[str] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    run: Any = None,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> DistillSession:
-    """Run a short distillation; iterate the result for one `StepRecord` per step.
-
-    teacher / student: ModelBundles (loaded from config.teacher / config.student when None; the
-    student is trained in place). examples / responses: override config.data and the teacher's
-    responses. should_stop: checked before every step; True ends the loop. run: an
-    akl_core.lab.runs.Run that receives config.json, steps.jsonl, probes.jsonl and the summary.
-    progress(stage, done, total): set-up progress (teacher responses).
-    The config is validated now (ValueError); models and data load on the first step.
-    """
-    return DistillSession(
-        config,
-        teacher=teacher,
-        student=student,
-        examples=examples,
-        responses=responses,
-        should_stop=should_stop,
-        run=run,
-        progress=progress,
-    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -672,7 +281,7 @@ def teacher_positions(
         logits = teacher.model(input_ids=ids.to(teacher.device)).logits[0, :-1].float().cpu()
         rows.append(logits)
         where += [(i, j) for j in range(ids.shape[1] - 1)]
-        nxt += [_token_text(tok, t) for t in ids[0, 1:].tolist()]
+        nxt += [tok.decode([int(t)]) for t in ids[0, 1:].tolist()]
     if not rows:
         raise ValueError("texts are too short: every text has fewer than 2 tokens")
     all_logits = torch.cat(rows)

@@ -1,6 +1,5 @@
-"""Per-position diagnostics of a text: one forward pass of the teacher (and optionally a
-student), then akl_core's per-token diagnostics (used by the dashboard's Token inspector). No divergence is computed here: head/tail numbers come
-from akl_core.head_tail, divergences from akl_core.per_token_divergences / akl_core.divergence.
+"""Per-position diagnostics of a pasted text (the dashboard's Token inspector): tokenise, then
+akl_core.lab.diagnostics.model_diagnostics (the same function as the engine's probes).
 
 Convention (as akl_core.lab.distill.ProbeRecord): position i is the models predicting tokens[i]
 from the tokens before it; p = teacher, q = student, both softmax(logits / temperature).
@@ -8,40 +7,14 @@ from the tokens before it; p = teacher, q = student, both softmax(logits / tempe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-import akl_core
-
+from .diagnostics import PositionDiagnostics, model_diagnostics
 from .models import shared_vocab_size
 
-
-@dataclass
-class TextDiagnostics:
-    """Per-position lists (length T = number of predicted tokens)."""
-
-    tokens: list[str]
-    head_size: list[int]
-    head_mass: list[float]
-    teacher_entropy: list[float]
-    teacher_topk: list[list[list]]
-    student_entropy: list[float] | None = None
-    student_topk: list[list[list]] | None = None
-    g_head: list[float] | None = None
-    g_tail: list[float] | None = None
-    w: list[float] | None = None
-    divergences: dict[str, list[float]] = field(default_factory=dict)
+TextDiagnostics = PositionDiagnostics  # the name this module used before
 
 
-def _topk(logits: torch.Tensor, tokenizer: Any, k: int, temperature: float) -> list[list[list]]:
-    probs, idx = torch.softmax(logits / temperature, dim=-1).topk(k, dim=-1)
-    return [[[tokenizer.decode([i]), float(p)] for p, i in zip(pr, ix)]
-            for pr, ix in zip(probs.tolist(), idx.tolist())]
-
-
-@torch.no_grad()
 def text_diagnostics(
     teacher: Any,
     text: str,
@@ -54,12 +27,13 @@ def text_diagnostics(
     temperature: float = 1.0,
     topk: int = 10,
     max_length: int = 512,
-) -> TextDiagnostics:
+) -> PositionDiagnostics:
     """Teacher (and student) next-token diagnostics at every position of `text`.
 
-    teacher / student: akl_core.lab.models.ModelBundle sharing one tokenizer. With a student, every
-    catalogue divergence at default parameters is returned, plus `loss` with `loss_params`
-    under the key f"{loss} (chosen)". Raises ValueError for empty / one-token text.
+    teacher / student: akl_core.lab.models.ModelBundle sharing one tokenizer. The head/tail
+    split uses `mu` / `boundary`. With a student, every catalogue divergence at default
+    parameters is returned in ``divergences``, plus `loss` with `loss_params` under the key
+    f"{loss} (chosen)". Raises ValueError for empty / one-token text.
     """
     if not isinstance(text, str) or not text.strip():
         raise ValueError("the text is empty: paste some text to inspect")
@@ -69,37 +43,9 @@ def text_diagnostics(
     ids = tok(text, return_tensors="pt", truncation=True, max_length=max_length)["input_ids"]
     if ids.shape[1] < 2:
         raise ValueError("the text is too short: it needs at least 2 tokens")
-    vocab = len(tok)
-    if student is not None:
-        vocab = shared_vocab_size(teacher, student)
-    t = teacher.model(input_ids=ids.to(teacher.device)).logits[0, :-1, :vocab].float().cpu()
-    s = None
-    if student is not None:
-        was_training = student.model.training
-        student.model.eval()
-        try:
-            s = student.model(input_ids=ids.to(student.device)).logits[0, :-1, :vocab]
-        finally:
-            student.model.train(was_training)
-        s = s.float().cpu()
-    ht = akl_core.head_tail(s if s is not None else t, t, mu=mu, boundary=boundary,
-                            temperature=temperature)
-    k = min(topk, vocab)
-    out = TextDiagnostics(
-        tokens=[tok.decode([i]) for i in ids[0, 1:].tolist()],
-        head_size=[int(x) for x in ht.head_size.tolist()],
-        head_mass=ht.head_mass.tolist(),
-        teacher_entropy=ht.teacher_entropy.tolist(),
-        teacher_topk=_topk(t, tok, k, temperature),
+    vocab = shared_vocab_size(teacher, student) if student is not None else len(tok)
+    return model_diagnostics(
+        teacher, ids[0], student=student, loss=loss or "akl", loss_params=loss_params,
+        temperature=temperature, topk=topk, vocab_size=vocab, mu=mu, boundary=boundary,
+        all_divergences=student is not None and loss is not None,
     )
-    if s is not None:
-        out.student_entropy = ht.student_entropy.tolist()
-        out.student_topk = _topk(s, tok, k, temperature)
-        out.g_head, out.g_tail, out.w = ht.g_head.tolist(), ht.g_tail.tolist(), ht.w.tolist()
-        divs = akl_core.per_token_divergences(s, t, temperature=temperature)
-        out.divergences = {name: v.float().tolist() for name, v in divs.items()}
-        if loss is not None:
-            value = akl_core.divergence(loss, s, t, temperature=temperature,
-                                        **(loss_params or {}))
-            out.divergences[f"{loss} (chosen)"] = value.float().tolist()
-    return out

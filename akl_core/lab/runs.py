@@ -215,6 +215,32 @@ class Run:
             return cls(path)
         raise ValueError(f"no free run folder name {base}-N under {root}")
 
+    @classmethod
+    def reopen(cls, path: str | os.PathLike, *, keep_steps: int) -> Run:
+        """An existing run folder, continued after step ``keep_steps`` (a resume from a
+        checkpoint): records of later steps in steps.jsonl / probes.jsonl are dropped (each
+        file rewritten atomically), then appending goes on."""
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path} is not a run folder (no config.json)")
+        for name in ("steps.jsonl", "probes.jsonl"):
+            kept = [r for r in read_jsonl(path / name)
+                    if isinstance(r.get("step"), int) and r["step"] <= keep_steps]
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=path)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.writelines(dumps(r) + "\n" for r in kept)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path / name)
+        run = cls(path)
+        steps = read_jsonl(path / "steps.jsonl")
+        run._n_steps, run._last = len(steps), (steps[-1] if steps else None)
+        started = (read_json(path / "summary.json") or {}).get("started")
+        if isinstance(started, (int, float)):
+            run._started = float(started)
+        run.write_summary({"status": "running", "pid": os.getpid(), "started": run._started})
+        return run
+
     @property
     def name(self) -> str:
         return self.path.name

@@ -1,8 +1,9 @@
 """Live distillation: a short teacher -> student run with any loss, drawn step by step.
 
-The engine (akl_core.lab.distill) runs in a background thread per browser session (app/live_runner)
-and writes its run folder step by step (akl_core.lab.runs); a st.fragment polls the thread's record
-buffer every second while it runs, so the page stays responsive. Figures: akl_core.lab.viz.
+akl_core.lab.experiment.run_experiment (the engine on KDTrainer) runs in a background thread per
+browser session (app/live_runner) and writes its run folder step by step (akl_core.lab.runs); a
+st.fragment polls the thread's record buffer every second while it runs, so the page stays
+responsive. Figures: akl_core.lab.viz.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ from ui_common import (
 )
 
 from akl_core.lab import viz
-from akl_core.lab.distill import DistillConfig, distill
-from akl_core.lab.models import load_student
-from akl_core.lab.runs import Run
+from akl_core.lab.distill import DistillConfig
+from akl_core.lab.experiment import run_experiment
 
 page_setup("Live distillation")
 
@@ -48,58 +48,68 @@ FIXED_RANGE = {"w": (0.0, 1.0)}
 
 live: LiveRun | None = st.session_state.get("live")
 active = live is not None and live.view().active
+settings: dict = {}  # DistillConfig field -> widget value: the run's config, in one mapping
 
 # ----------------------------------------------------------------------------- sidebar
 with st.sidebar:
     st.header("Models")
-    teacher_spec = st.text_input(
+    teacher_spec = settings["teacher"] = st.text_input(
         "Teacher", default_teacher_spec(), key="live_teacher", disabled=active,
         placeholder="bundled (SmolLM2-135M-Instruct)",
         help="Empty or 'bundled' = the embedded SmolLM2-135M-Instruct; or a hub name (needs a "
              "network) or a local model folder.",
     )
-    student_spec = st.text_input(
+    settings["student"] = st.text_input(
         "Student", default_student_spec(), key="live_student", disabled=active,
         help="truncate:K = the teacher's first K layers; tiny = a fresh small model with the "
              "teacher's vocabulary; or a model name / folder sharing the teacher's tokenizer.",
     )
     st.header("Loss")
-    loss, loss_params = loss_picker(key="live", container=st.sidebar)
+    loss, loss_params = settings["loss"], settings["loss_params"] = loss_picker(
+        key="live", container=st.sidebar)
     if loss == "taid" and st.checkbox("t from TAIDSchedule (ignore t above)", value=True,
                                       key="live_taid_schedule"):
         loss_params.pop("t", None)
     st.header("Training")
-    steps = st.number_input("Steps", min_value=1, max_value=100_000, value=20, key="live_steps")
-    batch_size = st.number_input("Batch size", min_value=1, max_value=256, value=4,
+    num = st.number_input
+    settings["steps"] = num("Steps", min_value=1, max_value=100_000, value=20, key="live_steps")
+    settings["batch_size"] = num("Batch size", min_value=1, max_value=256, value=4,
                                  key="live_batch")
-    max_length = st.number_input("Max length (tokens)", min_value=8, max_value=4096, value=96,
+    settings["max_length"] = num("Max length (tokens)", min_value=8, max_value=4096, value=96,
                                  key="live_maxlen")
-    lr = st.number_input("Learning rate", min_value=0.0, max_value=1.0, value=5e-4,
-                         step=1e-4, format="%.1e", key="live_lr")
-    kd_ratio = st.number_input("kd_ratio (KD weight; rest = LM loss)", min_value=0.0,
+    settings["lr"] = num("Learning rate", min_value=0.0, max_value=1.0, value=5e-4, step=1e-4,
+                         format="%.1e", key="live_lr")
+    settings["kd_ratio"] = num("kd_ratio (KD weight; rest = LM loss)", min_value=0.0,
                                max_value=1.0, value=1.0, step=0.1, key="live_kd_ratio")
-    temperature = st.number_input("Temperature", min_value=0.0, max_value=100.0, value=1.0,
+    settings["temperature"] = num("Temperature", min_value=0.0, max_value=100.0, value=1.0,
                                   step=0.1, key="live_temperature")
-    seed = st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, key="live_seed")
+    settings["seed"] = num("Seed", min_value=0, max_value=2**31 - 1, value=0, key="live_seed")
     with st.expander("More settings"):
-        probe_every = st.number_input("Probe every k steps (0 = never)", min_value=0,
+        settings["probe_every"] = num("Probe every k steps (0 = never)", min_value=0,
                                       max_value=10_000, value=5, key="live_probe_every")
-        probe_topk = st.number_input("Top-k tokens in the probe", min_value=1, max_value=50,
+        settings["probe_topk"] = num("Top-k tokens in the probe", min_value=1, max_value=50,
                                      value=10, key="live_topk")
-        data_source = st.text_input("Data", "bundled:train", key="live_data",
-                                    help="bundled:train / bundled:validation / bundled:test, "
-                                         "or a Dolly-style JSONL file path")
-        targets = st.selectbox("Train on", ["teacher", "gold"], key="live_targets",
-                               help="teacher = the teacher's greedy responses (cached); "
-                                    "gold = the data's reference responses")
-        response_tokens = st.number_input(
+        settings["data"] = st.text_input(
+            "Data", "bundled:train", key="live_data",
+            help="bundled:train / bundled:validation / bundled:test, or a Dolly-style JSONL "
+                 "file path")
+        settings["targets"] = st.selectbox(
+            "Train on", ["teacher", "gold"], key="live_targets",
+            help="teacher = the teacher's greedy responses (cached); gold = the data's "
+                 "reference responses")
+        settings["response_tokens"] = st.number_input(
             "Teacher response tokens", min_value=1, max_value=2048,
             value=default_response_tokens(), key="live_response_tokens",
             help="Length bound of the teacher's greedy responses, generated once and cached. "
                  "The default matches the responses shipped for the bundled teacher and "
                  "prompts, so nothing is generated on a first run.")
-        max_examples = st.number_input("Max examples (0 = all)", min_value=0, max_value=100_000,
-                                       value=0, key="live_max_examples")
+        settings["max_examples"] = num("Max examples (0 = all)", min_value=0,
+                                       max_value=100_000, value=0, key="live_max_examples")
+        use_cache = st.checkbox(
+            "Teacher cache", value=True, key="live_teacher_cache",
+            help="With the bundled teacher on bundled data (temperature 1): its top-64 "
+                 "log-probs are stored once (a few minutes, with a progress message) and "
+                 "later runs read them instead of running the teacher.")
         save_student = st.checkbox("Save the trained student in the run folder", value=False,
                                    key="live_save_student",
                                    help="Needed to evaluate the run later from another session.")
@@ -116,36 +126,58 @@ with show_errors("Cannot load the teacher"):
                f"{len(loaded.tokenizer)}, on {loaded.device}.")
 
 
-def make_job(config: DistillConfig, teacher: object, save: bool):
-    """The background job: build the student, open a run folder, iterate the engine."""
+def live_config(values: dict) -> DistillConfig:
+    """The run's DistillConfig from the sidebar's mapping (empty teacher = bundled, 0
+    examples = all, text stripped)."""
+    values = dict(values)
+    values["teacher"] = values["teacher"].strip() or None
+    values["student"] = confine_model_spec(values["student"].strip(), "Student")
+    values["data"] = confine_data(values["data"].strip())
+    values["max_examples"] = int(values["max_examples"]) or None
+    return DistillConfig.from_mapping(values)
 
-    def job(should_stop, info):
-        info["stage"] = f"building the student {config.student}"
-        student = load_student(config.student, teacher, seed=config.seed)
-        info["stage"] = "loading data and teacher responses"
+
+def cache_eligible(config: DistillConfig) -> bool:
+    """The dashboard caches the bundled teacher on bundled data (needs akl_core.SparseTeacher)."""
+    import akl_core
+
+    return (config.teacher in (None, "bundled") and config.data.startswith("bundled")
+            and config.temperature == 1.0 and hasattr(akl_core, "SparseTeacher"))
+
+
+def make_job(config: DistillConfig, teacher: object, save: bool, use_cache: bool = False):
+    """The background job: run_experiment (student, run folder, training), records to emit.
+    With `use_cache` (and an eligible config) the teacher's top-k come from a cache, built
+    once."""
+
+    def job(should_stop, info, emit):
+        nonlocal config
 
         def progress(stage: str, done: int, total: int) -> None:
-            info["stage"] = f"{stage}: {done}/{total}"
+            info["stage"] = stage if total <= 0 else f"{stage}: {done}/{total}"
 
-        session = distill(config, teacher=teacher, student=student, should_stop=should_stop,
-                          progress=progress)
-        session.setup()  # data errors surface before a run folder exists
-        run = session.run = Run.create(runs_root(), loss=config.loss)
-        info["run_dir"] = str(run.path)
-        info["run_name"] = run.name
-        try:
-            for record in session:
-                info["stage"] = "training"
-                yield record
-        finally:
-            if run.discard_if_empty():  # stopped or failed before its first step
-                info.pop("run_dir", None)
-                info.pop("run_name", None)
-        info["student"] = student  # kept in memory for evaluation (Compare runs)
-        if save:
-            info["stage"] = "saving the student"
-            student.model.save_pretrained(run.student_dir, safe_serialization=True)
-            student.tokenizer.save_pretrained(run.student_dir)
+        if use_cache and cache_eligible(config):
+            from dataclasses import replace
+
+            from akl_core.lab import teacher_cache
+
+            info["stage"] = "teacher cache (built once)"
+            path = teacher_cache.ensure(teacher, config, progress=progress)
+            config = replace(config, teacher_cache=str(path))
+
+        def on_run(path) -> None:
+            info["run_dir"] = str(path)
+            info["run_name"] = path.name
+
+        def on_record(record) -> None:
+            info["stage"] = "training"
+            emit(record)
+
+        info["stage"] = f"building the student {config.student}"
+        result = run_experiment(config, teacher=teacher, runs_dir=runs_root(),
+                                save_student=save, evaluation=None, on_record=on_record,
+                                should_stop=should_stop, progress=progress, on_run=on_run)
+        info["student"] = result.student  # kept in memory for evaluation (Compare runs)
         info["stage"] = "done"
 
     return job
@@ -156,17 +188,9 @@ if stop_clicked and live is not None:
 
 if run_clicked:
     with show_errors("Cannot start"):
-        config = DistillConfig(
-            teacher=teacher_spec.strip() or None,
-            student=confine_model_spec(student_spec, "Student"), loss=loss,
-            loss_params=loss_params, steps=int(steps), batch_size=int(batch_size),
-            max_length=int(max_length), lr=float(lr), kd_ratio=float(kd_ratio),
-            temperature=float(temperature), seed=int(seed), probe_every=int(probe_every),
-            probe_topk=int(probe_topk), data=confine_data(data_source), targets=targets,
-            max_examples=int(max_examples) or None, response_tokens=int(response_tokens),
-        ).validate()
+        config = live_config(settings)
         teacher = get_teacher(teacher_spec.strip())
-        live = LiveRun(make_job(config, teacher, save_student), total_steps=config.steps,
+        live = LiveRun(make_job(config, teacher, save_student, use_cache), total_steps=config.steps,
                        info={"loss": config.loss})
         st.session_state.live = live.start()
         st.session_state.live_polling = True
