@@ -3,9 +3,16 @@
 Every kernel takes the distributions of a chunk of positions (`Dists`: p = teacher,
 q = student, `[R, V]`) and returns `(value [R], grad [R, V] or None)`: the per-position value
 summed over V, and, when asked, its gradient w.r.t. the scaled student logits u = z_S / T.
-Closed-form gradients (fkl, rkl, fkl_rkl, akl, akl_r, tvd, taid, todi) use
-d/du L = q * (g - <q, g>) with g = dL/dq; the rest take theirs from autograd on the chunk.
-That is the one extension point: add a kernel and a LossSpec to LOSSES.
+That is the one extension point: add a kernel and a LossSpec to LOSSES. Every kernel is
+tested against the plain float64 formulas of tests/reference.py.
+
+Gradients are closed forms: with h = q * dL/dq (per entry), dL/du = h - q * sum(h). A kernel
+writes its gradient into `d.grad_buffer()` (the runner hands it the final gradient memory when
+it can) and builds it in a few in-place passes over the chunk, reusing `d.log_ratio()` and the
+scratch buffer instead of fresh `[R, V]` temporaries. `autograd_kernel` turns a plain
+differentiable formula into a kernel instead (slower, more memory: for new losses, and for
+testing). Kernels may record per-row values they computed on the way in `d.found` (fkl, rkl,
+the AKL weights): `return_stats` reuses them.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ._dists import Dists, log_probs, make_dists, with_student
+from ._dists import LOG_FLOOR, Dists, make_dists, rowdot, rowdot_pair, with_student
 from .headtail import BOUNDARIES, MU_MAX, gaps_and_weight
 
 KernelResult = tuple[torch.Tensor, "torch.Tensor | None"]
@@ -27,45 +34,74 @@ Kernel = Callable[..., KernelResult]
 # --- building blocks -------------------------------------------------------------------------
 
 
-def _kl(pa: torch.Tensor, la: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
-    """KL(a || b) per row from probs `pa` and log-probs `la`, `lb`."""
-    return torch.linalg.vecdot(pa, la - lb)
+def _col(x: torch.Tensor | float) -> torch.Tensor | float:
+    """A per-row `[R]` tensor as a column `[R, 1]` (floats pass through)."""
+    return x.unsqueeze(-1) if isinstance(x, torch.Tensor) else x
 
 
-def _fkl_rkl_mix(
-    d: Dists,
-    fkl_weight: torch.Tensor | float,
-    need_grad: bool,
-    q_minus_p: torch.Tensor | None = None,
-) -> KernelResult:
+def _softmax_grad(d: Dists, h: torch.Tensor) -> torch.Tensor:
+    """dL/du = h - q * sum(h), in place in `h` (h = q * dL/dq)."""
+    return h.addcmul_(d.q, _col(h.sum(-1)), value=-1)
+
+
+def _take_scale(d: Dists) -> float | torch.Tensor:
+    """The gradient's pending factor, for a kernel that folds it into its own last pass."""
+    scale, d.grad_scale = d.grad_scale, 1.0
+    return scale
+
+
+def kl_pair(d: Dists) -> tuple[torch.Tensor, torch.Tensor]:
+    """(KL(p||q), KL(q||p)) per row `[R]`, from one batched GEMM against `d.log_ratio()`;
+    computed once per chunk (kept in `d.found`)."""
+    if "fkl" not in d.found or "rkl" not in d.found:
+        rkl_value, fkl_value = rowdot_pair(d.q, d.p, d.log_ratio())
+        d.found.update(fkl=fkl_value, rkl=rkl_value.neg_())
+    return d.found["fkl"], d.found["rkl"]
+
+
+def _fkl_rkl_mix(d: Dists, a: torch.Tensor | float, need_grad: bool) -> KernelResult:
     """a * KL(p||q) + (1 - a) * KL(q||p), a per row (detached) or a float.
 
-    Gradient w.r.t. u: a (q - p) + (1 - a) q (log q - log p - RKL). `q_minus_p`, when given,
-    is reused (and overwritten).
+    Gradient w.r.t. u: a (q - p) + (1 - a) q (log q - log p - RKL) = q (c - b r) - a p with
+    r = log p - log q, b = 1 - a, c = a - b RKL: three passes, in place over r.
     """
-    diff = d.lp - d.lq
-    fkl_value = torch.linalg.vecdot(d.p, diff)
-    rkl_value = -torch.linalg.vecdot(d.q, diff)
-    a = fkl_weight
+    fkl_value, rkl_value = kl_pair(d)
     value = a * fkl_value + (1 - a) * rkl_value
     if not need_grad:
         return value, None
-    a_col = a.unsqueeze(-1) if isinstance(a, torch.Tensor) else a
-    rkl_part = diff.add_(rkl_value.unsqueeze(-1)).mul_(d.q)  # = -q (log q - log p - RKL)
-    grad = (d.q - d.p if q_minus_p is None else q_minus_p).mul_(a_col)
-    return value, grad.sub_(rkl_part.mul_(1 - a_col))
+    s = _take_scale(d)
+    b = (1 - a) * s
+    c = a * s - b * rkl_value
+    r = d.log_ratio()
+    g = d.grad_buffer()  # the same memory as r: the passes below overwrite r in place
+    if isinstance(b, torch.Tensor):
+        torch.addcmul(_col(c), r, _col(b), value=-1, out=g)
+    else:
+        torch.add(_col(c), r, alpha=-b, out=g)
+    g.mul_(d.q)
+    a_s = a * s
+    if isinstance(a_s, torch.Tensor):
+        if not (isinstance(a, float) and a == 0.0):
+            g.addcmul_(d.p, _col(a_s), value=-1)
+    elif a_s != 0.0:
+        g.add_(d.p, alpha=-a_s)
+    return value, g
 
 
 def autograd_kernel(value_fn: Callable[..., torch.Tensor]) -> Kernel:
-    """Turn a differentiable `value_fn(d, **params) -> [R]` into a kernel (gradient by autograd)."""
+    """Turn a differentiable `value_fn(d, **params) -> [R]` into a kernel (gradient by autograd).
+
+    The variable is the student's log-probs (see `with_student`); slower and heavier than a
+    closed form, but any formula of p, q, lp, lq works.
+    """
 
     def kernel(d: Dists, need_grad: bool, **params: Any) -> KernelResult:
         if not need_grad:
             return value_fn(d, **params), None
         with torch.enable_grad():
-            u = d.u.detach().requires_grad_(True)
-            value = value_fn(with_student(d, u), **params)
-            (grad,) = torch.autograd.grad(value.sum(), u)
+            lq = d.lq.detach().requires_grad_(True)
+            value = value_fn(with_student(d, lq), **params)
+            (grad,) = torch.autograd.grad(value.sum(), lq)
         return value.detach(), grad
 
     kernel.__doc__ = value_fn.__doc__
@@ -74,25 +110,34 @@ def autograd_kernel(value_fn: Callable[..., torch.Tensor]) -> Kernel:
 
 
 # Parameters this close (but not equal) to a range end make float32 cancel catastrophically
-# (ab, normalized jsd): such chunks are computed in float64 (checked against mpmath).
+# (normalized jsd): such chunks are computed in float64 (checked against mpmath).
 _FLOAT64_BELOW = 0.05
 
 
 def _in_float64(kernel: Kernel, d: Dists, need_grad: bool, **params: Any) -> KernelResult:
-    """`kernel` on a float64 copy of the chunk; value and gradient come back in d's dtype."""
-    if d.u.dtype == torch.float64:
+    """`kernel` on a float64 copy of the chunk; the value comes back in d's dtype and the
+    gradient in d's gradient slot (its pending scale left to the runner)."""
+    if d.lq.dtype == torch.float64:
         return kernel(d, need_grad, **params)
-    device = torch.device("cpu") if d.u.device.type == "mps" else d.u.device  # no float64 on MPS
-    d64 = make_dists(d.u.to(device, torch.float64), d.lp.to(device, torch.float64), 1.0,
+    device = torch.device("cpu") if d.lq.device.type == "mps" else d.lq.device  # no float64 on MPS
+    d64 = make_dists(d.lq.to(device, torch.float64), d.lp.to(device, torch.float64), 1.0,
                      torch.float64, floored=d.floored)
+    d64.bucket = d.bucket
     value, grad = kernel(d64, need_grad, **params)
-    back = {"device": d.u.device, "dtype": d.u.dtype}
-    return value.to(**back), (None if grad is None else grad.to(**back))
+    value = value.to(device=d.lq.device, dtype=d.lq.dtype)
+    if grad is None:
+        return value, None
+    return value, d.grad_buffer().copy_(grad)
 
 
-def _log_mixture(la: torch.Tensor, lb: torch.Tensor, weight_a: float) -> torch.Tensor:
-    """log(weight_a * a + (1 - weight_a) * b) from log-probs, for 0 < weight_a < 1."""
-    return torch.logaddexp(la + math.log(weight_a), lb + math.log1p(-weight_a))
+def _mixture(d: Dists, weight_p: float, out: torch.Tensor) -> torch.Tensor:
+    """M = weight_p * p + (1 - weight_p) * q into `out`, at least the smallest normal number.
+
+    The floor only touches entries where p and q both (nearly) underflow, whose terms are 0 to
+    working precision; it keeps log M and q / M finite there (masked entries included).
+    """
+    torch.lerp(d.q, d.p, weight_p, out=out)
+    return out.clamp_min_(torch.finfo(out.dtype).tiny)
 
 
 # --- the kernels -----------------------------------------------------------------------------
@@ -100,17 +145,15 @@ def _log_mixture(la: torch.Tensor, lb: torch.Tensor, weight_a: float) -> torch.T
 
 def fkl(d: Dists, need_grad: bool) -> KernelResult:
     """Forward KL(p || q) = sum p (log p - log q); mean-seeking."""
-    value = _kl(d.p, d.lp, d.lq)
-    return value, ((d.q - d.p) if need_grad else None)
+    value, _ = kl_pair(d)  # RKL comes free in the same GEMM (return_stats uses it)
+    if not need_grad:
+        return value, None
+    return value, torch.sub(d.q, d.p, out=d.grad_buffer())
 
 
 def rkl(d: Dists, need_grad: bool) -> KernelResult:
     """Reverse KL(q || p) = sum q (log q - log p); mode-seeking."""
-    diff = d.lq - d.lp
-    value = torch.linalg.vecdot(d.q, diff)
-    if not need_grad:
-        return value, None
-    return value, diff.sub_(value.unsqueeze(-1)).mul_(d.q)
+    return _fkl_rkl_mix(d, 0.0, need_grad)
 
 
 def fkl_rkl(d: Dists, need_grad: bool, lam: float) -> KernelResult:
@@ -120,140 +163,146 @@ def fkl_rkl(d: Dists, need_grad: bool, lam: float) -> KernelResult:
 
 def akl(d: Dists, need_grad: bool, mu: float, boundary: str) -> KernelResult:
     """Adaptive KL: w * FKL + (1 - w) * RKL, w = g_head / (g_head + g_tail), w detached."""
-    q_minus_p = d.q - d.p
-    _, _, w, _ = gaps_and_weight(d, mu, boundary, q_minus_p)
-    return _fkl_rkl_mix(d, w, need_grad, q_minus_p)
+    _, _, w, _ = gaps_and_weight(d, mu, boundary)
+    return _fkl_rkl_mix(d, w, need_grad)
 
 
 def akl_r(d: Dists, need_grad: bool, mu: float, boundary: str) -> KernelResult:
     """AKL with the weights swapped: (1 - w) * FKL + w * RKL (the paper's ablation)."""
-    q_minus_p = d.q - d.p
-    _, _, w, _ = gaps_and_weight(d, mu, boundary, q_minus_p)
-    return _fkl_rkl_mix(d, 1.0 - w, need_grad, q_minus_p)
+    _, _, w, _ = gaps_and_weight(d, mu, boundary)
+    return _fkl_rkl_mix(d, 1.0 - w, need_grad)
 
 
 def tvd(d: Dists, need_grad: bool) -> KernelResult:
-    """Total variation distance 1/2 sum |p - q|."""
-    diff = d.q - d.p
-    value = 0.5 * diff.abs().sum(-1)
+    """Total variation distance 1/2 sum |p - q|; gradient with h = q sign(q - p) / 2."""
+    h = torch.sub(d.q, d.p, out=d.grad_buffer())
+    value = 0.5 * torch.linalg.vector_norm(h, 1, dim=-1)
     if not need_grad:
         return value, None
-    g = 0.5 * diff.sign()
-    return value, d.q * (g - (d.q * g).sum(-1, keepdim=True))
+    return value, _softmax_grad(d, h.sign_().mul_(d.q).mul_(0.5 * _take_scale(d)))
 
 
 def taid(d: Dists, need_grad: bool, t: float) -> KernelResult:
     """TAID: KL(p_t || q), p_t = softmax((1 - t) * stopgrad(u) + t * log p), p_t detached."""
-    u = d.u.detach()
+    lpt = d.grad_buffer()
     if t == 0.0:
-        mixed = u
+        lpt.copy_(d.lq)
     elif t == 1.0:
-        mixed = d.lp
-    else:
-        mixed = (1.0 - t) * u + t * d.lp
-    lpt = log_probs(mixed)
-    pt = lpt.exp()
-    value = _kl(pt, lpt, d.lq)
-    return value, ((d.q - pt) if need_grad else None)
-
-
-@autograd_kernel
-def _jsd_value(d: Dists, beta: float, normalized: bool) -> torch.Tensor:
-    """Generalized JSD with teacher weight beta in M = beta p + (1 - beta) q."""
-    if beta == 0.0:
-        return _kl(d.p, d.lp, d.lq)
-    if beta == 1.0:
-        return _kl(d.q, d.lq, d.lp)
-    lm = _log_mixture(d.lp, d.lq, beta)
-    value = beta * _kl(d.p, d.lp, lm) + (1.0 - beta) * _kl(d.q, d.lq, lm)
-    return value / (beta * (1.0 - beta)) if normalized else value
+        lpt.copy_(d.lp)
+    else:  # u and log q differ by a per-row constant: the same p_t
+        torch.log_softmax(torch.lerp(d.lq, d.lp, t, out=d.scratch()), -1, out=lpt)
+        if d.floored:
+            lpt.clamp_min_(LOG_FLOOR)
+    pt = torch.exp(lpt, out=d.scratch())
+    value = rowdot(pt, lpt.sub_(d.lq))
+    if not need_grad:
+        return value, None
+    return value, torch.sub(d.q, pt, out=lpt)
 
 
 def jsd(d: Dists, need_grad: bool, beta: float, normalized: bool) -> KernelResult:
-    """Generalized JSD; exactly FKL at beta = 0 and RKL at beta = 1 (closed forms there)."""
+    """Generalized JSD with teacher weight beta in M = beta p + (1 - beta) q; exactly FKL at
+    beta = 0 and RKL at beta = 1. Gradient: h = (1 - beta) q (log q - log M)."""
     if beta == 0.0:
         return fkl(d, need_grad)
     if beta == 1.0:
         return rkl(d, need_grad)
     if normalized and min(beta, 1.0 - beta) < _FLOAT64_BELOW:
-        return _in_float64(_jsd_value, d, need_grad, beta=beta, normalized=normalized)
-    return _jsd_value(d, need_grad, beta=beta, normalized=normalized)
+        return _in_float64(_jsd, d, need_grad, beta=beta, normalized=normalized)
+    return _jsd(d, need_grad, beta, normalized)
 
 
-@autograd_kernel
-def _skl_value(d: Dists, alpha: float) -> torch.Tensor:
-    return _kl(d.p, d.lp, _log_mixture(d.lp, d.lq, alpha))
-
-
-@autograd_kernel
-def _srkl_value(d: Dists, alpha: float) -> torch.Tensor:
-    return _kl(d.q, d.lq, _log_mixture(d.lq, d.lp, alpha))
+def _jsd(d: Dists, need_grad: bool, beta: float, normalized: bool) -> KernelResult:
+    """jsd for 0 < beta < 1."""
+    scale = 1.0 / (beta * (1.0 - beta)) if normalized else 1.0
+    lm = _mixture(d, beta, d.scratch()).log_()
+    q_part = torch.sub(d.lq, lm, out=d.grad_buffer())
+    kl_q = rowdot(d.q, q_part)
+    kl_p = rowdot(d.p, torch.sub(d.lp, lm, out=lm))
+    value = (beta * kl_p + (1.0 - beta) * kl_q) * scale
+    if not need_grad:
+        return value, None
+    # h - q sum(h) = (1 - beta) q (q_part - KL(q||M))
+    return value, q_part.sub_(_col(kl_q)).mul_(d.q).mul_((1.0 - beta) * scale * _take_scale(d))
 
 
 def skl(d: Dists, need_grad: bool, alpha: float) -> KernelResult:
-    """Skew KL: KL(p || alpha p + (1 - alpha) q); FKL at alpha = 0."""
-    return fkl(d, need_grad) if alpha == 0.0 else _skl_value(d, need_grad, alpha=alpha)
+    """Skew KL: KL(p || alpha p + (1 - alpha) q); FKL at alpha = 0.
+    Gradient: h = -(1 - alpha) p q / M."""
+    if alpha == 0.0:
+        return fkl(d, need_grad)
+    m = _mixture(d, alpha, d.scratch())
+    lm = torch.log(m, out=d.grad_buffer())
+    value = rowdot(d.p, torch.sub(d.lp, lm, out=lm))
+    if not need_grad:
+        return value, None
+    h = torch.div(d.p, m, out=lm).mul_(d.q)
+    return value, _softmax_grad(d, h.mul_((alpha - 1.0) * _take_scale(d)))
 
 
 def srkl(d: Dists, need_grad: bool, alpha: float) -> KernelResult:
-    """Skew reverse KL: KL(q || alpha q + (1 - alpha) p); RKL at alpha = 0."""
-    return rkl(d, need_grad) if alpha == 0.0 else _srkl_value(d, need_grad, alpha=alpha)
+    """Skew reverse KL: KL(q || alpha q + (1 - alpha) p); RKL at alpha = 0.
+    Gradient: h = q (log q - log M + 1 - alpha q / M)."""
+    if alpha == 0.0:
+        return rkl(d, need_grad)
+    m = _mixture(d, 1.0 - alpha, d.scratch())
+    q_over_m = torch.div(d.q, m, out=d.grad_buffer()) if need_grad else None
+    a = torch.sub(d.lq, m.log_(), out=m)  # log q - log M
+    value = rowdot(d.q, a)
+    if q_over_m is None:
+        return value, None
+    # h - q sum(h) = q (a - alpha q/M - value + alpha sum(q q/M))
+    c = value - alpha * rowdot(d.q, q_over_m)
+    g = torch.add(a, q_over_m, alpha=-alpha, out=q_over_m)
+    return value, g.sub_(_col(c)).mul_(d.q)
 
 
-_EXP_LIMIT = 40.0
-
-
-def _expm1_gap(x: torch.Tensor) -> torch.Tensor:
-    """expm1 on x clamped to <= _EXP_LIMIT (keeps the unused branch of a `where` finite)."""
-    return torch.expm1(x.clamp_max(_EXP_LIMIT))
-
-
-@autograd_kernel
-def _ab_value(d: Dists, alpha: float, beta: float) -> torch.Tensor:
-    """Alpha-beta divergence D_AB(p || q) (Cichocki, Cruces & Amari 2011), per row.
-
-    Written per entry as p^s * h(delta), delta = log q - log p, s = alpha + beta, with expm1
-    so that entries where q is close to p do not cancel catastrophically; every entry is >= 0.
-    Where s * delta is large the equivalent power form is used instead (no overflow).
-    """
-    delta = d.lq - d.lp
-    if alpha == 0.0 and beta == 0.0:
-        return 0.5 * (delta * delta).sum(-1)
-    if beta == 0.0:  # (1 / a^2) sum p^a (e^{a delta} - 1 - a delta)
-        a = alpha
-        big = a * delta > _EXP_LIMIT
-        pa = torch.exp(a * d.lp)
-        small_form = pa * (_expm1_gap(a * delta) - a * delta)
-        power_form = torch.exp(a * d.lq) - pa - a * pa * delta
-        return torch.where(big, power_form, small_form).sum(-1) / (a * a)
-    if alpha == 0.0:  # symmetric: (1 / b^2) sum q^b (e^{-b delta} - 1 + b delta)
-        b = beta
-        big = -b * delta > _EXP_LIMIT
-        qb = torch.exp(b * d.lq)
-        small_form = qb * (_expm1_gap(-b * delta) + b * delta)
-        power_form = torch.exp(b * d.lp) - qb + b * qb * delta
-        return torch.where(big, power_form, small_form).sum(-1) / (b * b)
-    s = alpha + beta
-    big = s * delta > _EXP_LIMIT
-    ps = torch.exp(s * d.lp)
-    small_form = ps * ((beta / s) * _expm1_gap(s * delta) - _expm1_gap(beta * delta))
-    power_form = (
-        (beta / s) * torch.exp(s * d.lq)
-        + (alpha / s) * ps
-        - torch.exp(alpha * d.lp + beta * d.lq)
-    )
-    return torch.where(big, power_form, small_form).sum(-1) / (alpha * beta)
+def _scaled_e1(scale: torch.Tensor, z: torch.Tensor, big: torch.Tensor) -> torch.Tensor:
+    """scale * (e^z - 1) / z per entry (= scale at z = 0), where `big` = scale * e^z is given
+    for z > 1 so that nothing overflows. New tensor."""
+    small = z.clamp_max(1.0)
+    e1 = torch.where(small == 0, 1.0, torch.expm1(small) / small)
+    return torch.where(z > 1.0, (big - scale) / z.clamp_min(1.0), scale * e1)
 
 
 def ab(d: Dists, need_grad: bool, alpha: float, beta: float) -> KernelResult:
-    """Alpha-beta divergence; (1, 0) is FKL and (0, 1) is RKL (closed forms there)."""
+    """Alpha-beta divergence D_AB(p || q) (Cichocki, Cruces & Amari 2011), per row; (1, 0) is
+    FKL and (0, 1) is RKL (closed forms there).
+
+    Per entry, with delta = log q - log p, x = alpha delta, y = beta delta, s = alpha + beta,
+    A = p^alpha q^beta and E1(z) = (e^z - 1) / z:
+        D = (delta / s) (A E1(x) - p^s E1(y)),   h = q dD/dq = delta A E1(x).
+    This one form holds for every (alpha, beta), zeros included (the textbook 1 / (alpha beta)
+    forms are its limits), and never divides by a small parameter; where x and y are both
+    small it is summed as its series p^s delta^2 (1/2 + c2 delta + c3 delta^2) instead
+    (no cancellation). Entries are >= 0.
+    """
     if (alpha, beta) == (1.0, 0.0):
         return fkl(d, need_grad)
     if (alpha, beta) == (0.0, 1.0):
         return rkl(d, need_grad)
-    if 0.0 < alpha < _FLOAT64_BELOW or 0.0 < beta < _FLOAT64_BELOW:
-        return _in_float64(_ab_value, d, need_grad, alpha=alpha, beta=beta)
-    return _ab_value(d, need_grad, alpha=alpha, beta=beta)
+    s = alpha + beta
+    delta = torch.sub(d.lq, d.lp, out=d.scratch())
+    a_pow = torch.exp(d.lp * alpha + d.lq * beta)  # p^alpha q^beta <= 1
+    p_s, q_s = torch.exp(d.lp * s), torch.exp(d.lq * s)
+    a_e1x = _scaled_e1(a_pow, delta * alpha, q_s)  # A E1(x); A e^x = q^s
+    series = 0.5 * delta * delta
+    if s > 0.0:
+        c2 = (alpha * alpha / 6 + alpha * beta / 2 + beta * beta / 3) / s
+        c3 = (alpha**3 / 24 + alpha * alpha * beta / 6 + alpha * beta * beta / 4 + beta**3 / 8) / s
+        series = series * (1.0 + 2.0 * delta * (c2 + c3 * delta)) * p_s
+        p_e1y = _scaled_e1(p_s, delta * beta, a_pow)  # p^s E1(y); p^s e^y = A
+        direct = (delta / s) * (a_e1x - p_e1y)
+        small = (delta * max(alpha, beta)).abs() < _AB_SERIES
+        series = torch.where(small, series, direct)
+    value = series.clamp_min_(0.0).sum(-1)
+    if not need_grad:
+        return value, None
+    h = torch.mul(delta, a_e1x, out=d.grad_buffer())
+    return value, _softmax_grad(d, h)
+
+
+_AB_SERIES = 1e-2  # |x|, |y| below this: the series (its truncation error is ~1e-6 relative)
 
 
 def todi(d: Dists, need_grad: bool, beta: float) -> KernelResult:
@@ -264,16 +313,26 @@ def todi(d: Dists, need_grad: bool, beta: float) -> KernelResult:
     a = p / (p + q) and the VALUE is exactly FKL + RKL; the gradient is not that of FKL + RKL
     (a is detached). beta = 0: (FKL + RKL) / 2 with its true gradient. Gradient w.r.t. u:
     h - q <1, h> with h_i = q_i g_i = (1 - a_i) q_i (1 - log(p_i/q_i)) - a_i p_i.
+
+    In place, with r = log p - log q: value = <p, a r> + <q, a r> + RKL (RKL = -<q, r>), from
+    the same GEMMs as kl_pair; the gradient reuses a from the scratch buffer.
     """
-    delta = d.lp - d.lq
-    a = torch.sigmoid(delta * beta) if beta != 0.0 else torch.full_like(delta, 0.5)
-    wp = a * d.p
-    wq = d.q - a * d.q
-    value = torch.linalg.vecdot(delta, wp - wq)
+    _, rkl_value = kl_pair(d)  # uses r = log p - log q in the gradient slot
+    r = d.log_ratio()
+    a = d.scratch()
+    if beta != 0.0:
+        torch.mul(r, beta, out=a).sigmoid_()
+    else:
+        a.fill_(0.5)
+    ar = d.grad_buffer()  # the same memory as r: r becomes a r
+    ar.mul_(a)
+    on_q, on_p = rowdot_pair(d.q, d.p, ar)
+    value = on_p + on_q + rkl_value
     if not need_grad:
         return value, None
-    h = delta.neg_().add_(1.0).mul_(wq).sub_(wp)
-    return value, h.sub_(d.q * h.sum(-1, keepdim=True))
+    h = torch.sub(d.lq, d.lp, out=ar).add_(1.0).mul_(d.q)  # q (1 - r)
+    h.addcmul_(h, a, value=-1).addcmul_(a, d.p, value=-1)  # (1 - a) q (1 - r) - a p
+    return value, _softmax_grad(d, h)
 
 
 # --- the registry ----------------------------------------------------------------------------
@@ -336,13 +395,15 @@ class ParamSpec:
 
 @dataclass(frozen=True)
 class LossSpec:
-    """A registered divergence: name, one-line description, formula, parameters, kernel."""
+    """A registered divergence: name, one-line description, formula, parameters, kernel, and
+    how many `[R, V]` buffers the kernel holds (4: the distributions; 5 with `d.scratch()`)."""
 
     name: str
     description: str
     formula: str
     kernel: Kernel = field(repr=False)
     params: dict[str, ParamSpec] = field(default_factory=dict)
+    buffers: int = 4  # [R, V] buffers its kernel holds besides the gradient (sizes the chunks)
 
     def resolve(self, params: dict[str, Any]) -> dict[str, Any]:
         """Fill defaults and validate; unknown parameter names raise ValueError."""
@@ -392,24 +453,26 @@ LOSSES: dict[str, LossSpec] = {
                                     gap=_GAP),
                   "normalized": ParamSpec("normalized", False,
                                           "divide by β(1−β): continuous, → FKL/RKL at the ends",
-                                          choices=(False, True))}),
+                                          choices=(False, True))}, buffers=5),
         LossSpec("tvd", "Total variation distance", "½ Σ |p − q|", tvd),
         LossSpec("skl", "Skew KL (DistiLLM)", "KL(p ‖ αp + (1−α)q)", skl,
-                 {"alpha": ParamSpec("alpha", 0.1, "skew α", 0.0, 1.0, high_open=True)}),
+                 {"alpha": ParamSpec("alpha", 0.1, "skew α", 0.0, 1.0, high_open=True)},
+                 buffers=5),
         LossSpec("srkl", "Skew reverse KL (DistiLLM)", "KL(q ‖ αq + (1−α)p)", srkl,
-                 {"alpha": ParamSpec("alpha", 0.1, "skew α", 0.0, 1.0, high_open=True)}),
+                 {"alpha": ParamSpec("alpha", 0.1, "skew α", 0.0, 1.0, high_open=True)},
+                 buffers=5),
         LossSpec("ab", "Alpha-beta divergence (ABKD); (1,0) = FKL, (0,1) = RKL",
                  "D_AB^(α,β)(p‖q)", ab,
                  {"alpha": ParamSpec("alpha", 0.5, "α", 0.0, 1.0, gap=_GAP),
-                  "beta": ParamSpec("beta", 0.5, "β", 0.0, 1.0, gap=_GAP)}),
+                  "beta": ParamSpec("beta", 0.5, "β", 0.0, 1.0, gap=_GAP)}, buffers=16),
         LossSpec("taid", "TAID: KL(p_t‖q) to an interpolation of student and teacher",
                  "KL(p_t ‖ q), p_t = softmax((1−t)·sg(z_S) + t·z_T)", taid,
                  {"t": ParamSpec("t", 0.4, "interpolation t (TAIDSchedule updates it)",
-                                 0.0, 1.0)}),
+                                 0.0, 1.0)}, buffers=5),
         LossSpec("todi", "ToDi: FKL and RKL mixed per vocabulary entry by the log-ratio",
                  "Σ a·p log(p/q) + (1−a)·q log(q/p), a = σ(β log(p/q)) detached", todi,
                  {"beta": ParamSpec("beta", 1.0, "slope β of the per-entry weight (0: ½(FKL+RKL))",
-                                    0.0, 100.0)}),
+                                    0.0, 100.0)}, buffers=5),
     ]
 }
 

@@ -8,9 +8,11 @@ Per token position (p = teacher probs, q = student probs, PAPER.md):
 - g_head = sum over head |p - q|, g_tail = sum over tail |p - q|; w = g_head / (g_head + g_tail),
   and w = 0.5 where both gaps are 0 (q == p). q is detached: weights carry no gradient.
 
-The head is found from a small top-k of p (LLM distributions put their mass on few tokens);
-only positions whose head is longer than k go on to a larger k and, at last, a full sort.
-Results are identical to a full sort.
+The head is found from the top-1 token where it alone decides (the common case for LLM
+distributions), else from a small top-k of p; only positions whose head is longer than k go
+on to a larger k and, at last, a full sort. Results are identical to a full sort. Inside the
+chunk runner the positions past the first top-k are left for one exact pass at the end
+(`Dists.redo`), so a chunk needs no host synchronisation on an accelerator.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ if TYPE_CHECKING:
 
 BOUNDARIES = ("reference", "paper")
 _TOPK_STAGES = (64, 2048)
-_CHUNK_ELEMENTS = 1 << 21
 
 
 # Largest head mass: float32 cumulative sums cannot place a boundary much closer to 1.
@@ -147,20 +148,82 @@ def head_stats(
     return HeadStats(g_head=g_head, head_size=head_size, head_mass=head_mass, mask=mask)
 
 
+def _head_stats_fast(
+    p: torch.Tensor, q: torch.Tensor, mu: float, boundary: str, top: tuple[torch.Tensor, ...],
+    redo: torch.Tensor, stage: torch.Tensor,
+) -> HeadStats:
+    """`head_stats` from the top-1 token and one top-k stage; rows whose head is longer are
+    marked in `redo` (their results are placeholders). No host sync off the CPU: there every
+    row takes the top-k; on the CPU (where a sync is free) only the rows that need it, copied
+    into `stage` (`[R, V]`)."""
+    top_p, top_idx = top
+    k = min(_TOPK_STAGES[0], p.shape[-1])
+    g_head = (top_p - q.gather(-1, top_idx.unsqueeze(-1)).squeeze(-1)).abs()
+    head_mass = top_p.clone()
+    head_size = torch.ones_like(top_idx)
+    need = ~_head_is_inside(top_p, mu, boundary)
+    sel = need.nonzero().squeeze(-1) if p.device.type == "cpu" else None
+    if sel is not None and sel.numel() == 0:
+        return HeadStats(g_head=g_head, head_size=head_size, head_mass=head_mass)
+    if sel is not None:  # p[sel], into the stage buffer
+        p = torch.ops.aten.index.Tensor_out(p, [sel], out=stage[: sel.numel()])
+    vals, idx = torch.topk(p, k, dim=-1)
+    q_at = q.gather(-1, idx) if sel is None else q[sel.unsqueeze(-1), idx]
+    cum = vals.cumsum(-1)
+    n = _head_counts(cum, mu, boundary)
+    in_head = torch.arange(k, device=p.device) < n.unsqueeze(-1)
+    gaps = torch.where(in_head, (vals - q_at).abs(), 0.0).sum(-1)
+    mass = cum.gather(-1, (n - 1).unsqueeze(-1)).squeeze(-1)
+    longer = ~_head_is_inside(cum[:, -1], mu, boundary) if k < p.shape[-1] else None
+    if sel is None:
+        g_head = torch.where(need, gaps, g_head)
+        head_mass = torch.where(need, mass, head_mass)
+        head_size = torch.where(need, n, head_size)
+        if longer is not None:
+            redo |= need & longer
+    else:
+        g_head.index_copy_(0, sel, gaps)
+        head_mass.index_copy_(0, sel, mass)
+        head_size.index_copy_(0, sel, n)
+        if longer is not None:
+            redo.index_fill_(0, sel[longer], True)
+    return HeadStats(g_head=g_head, head_size=head_size, head_mass=head_mass)
+
+
+def l1_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum |a - b| per row of `[R, V]` tensors, without an `[R, V]` temporary."""
+    return torch.cdist(a.unsqueeze(-2), b.unsqueeze(-2), p=1).view(a.shape[:-1])
+
+
 def gaps_and_weight(
     d: Dists, mu: float, boundary: str, delta: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, HeadStats]:
     """g_head, g_tail and the AKL weight w on FKL (`[R]` each) for a chunk; q detached.
 
-    `delta` may pass in q - p when the caller has it already.
+    Recorded in `d.found` (with head_size and head_mass; computed once per chunk and
+    (mu, boundary)) for return_stats. `delta` may pass in q - p when the caller has it. The
+    fast head search (`d.redo` set) uses the gradient slot as its staging buffer: call this
+    before the kernel fills that slot.
     """
+    found = d.found
+    if found.get("head_params") == (mu, boundary):
+        return found["g_head"], found["g_tail"], found["w"], found["head_stats"]
     q = d.q.detach()
-    stats = head_stats(d.p, q, mu, boundary, top=(d.top_p, d.top_idx), bucket=d.bucket)
+    if d.bucket:  # a SparseTeacher's bins: the last one is never in the head
+        stats = head_stats(d.p, q, mu, boundary, bucket=True)
+    elif d.redo is not None:
+        stats = _head_stats_fast(d.p, q, mu, boundary, (d.top_p, d.top_idx), d.redo,
+                                 d.grad_buffer())
+    else:
+        stats = head_stats(d.p, q, mu, boundary, top=(d.top_p, d.top_idx))
     if delta is None:
-        delta = q - d.p
-    total = torch.linalg.vector_norm(delta.detach(), 1, dim=-1)
+        total = l1_distance(q, d.p)
+    else:
+        total = torch.linalg.vector_norm(delta.detach(), 1, dim=-1)
     g_tail = (total - stats.g_head).clamp_min(0.0)
     w = torch.where(total > 0, stats.g_head / total.clamp_min(torch.finfo(total.dtype).tiny), 0.5)
+    found.update(g_head=stats.g_head, g_tail=g_tail, w=w, head_size=stats.head_size,
+                 head_mass=stats.head_mass, head_stats=stats, head_params=(mu, boundary))
     return stats.g_head, g_tail, w, stats
 
 
@@ -186,13 +249,6 @@ class HeadTail:
         return asdict(self)
 
 
-def _flat_rows(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    vocab = student_logits.shape[-1]
-    return student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab)
-
-
 @torch.no_grad()
 def head_tail(
     student_logits: torch.Tensor,
@@ -202,53 +258,41 @@ def head_tail(
     boundary: str = "reference",
     temperature: float = 1.0,
     vocab_size: int | None = None,
+    chunk_size: int | None = None,
 ) -> HeadTail:
     """Per-token head/tail diagnostics for `[..., V]` student and teacher logits.
 
     p = softmax(teacher / T), q = softmax(student / T). Returns a HeadTail whose tensors have
-    shape `[...]` (float32, or float64 for float64 inputs). No gradients flow. With an
+    shape `[...]` (float32, or float64 for float64 inputs). No gradients flow. `chunk_size`:
+    positions per chunk (None: automatic, see `akl_core.losses`). With an
     `akl_core.SparseTeacher`, the diagnostics are those of the bins the losses see.
     """
-    mu, boundary = check_mu(mu), check_boundary(boundary)
-    temperature = check_temperature(temperature)
+    from .losses import check_chunk_size, run_chunks  # late: losses builds on this module
     from .sparse import SparseTeacher, sparse_head_tail  # late: sparse builds on this module
 
+    mu, boundary = check_mu(mu), check_boundary(boundary)
+    temperature = check_temperature(temperature)
+    chunk_size = check_chunk_size(chunk_size)
     if isinstance(teacher_logits, SparseTeacher):
         return sparse_head_tail(student_logits, teacher_logits, mu=mu, boundary=boundary,
                                 temperature=temperature, vocab_size=vocab_size)
     student_logits, teacher_logits = check_logits(student_logits, teacher_logits, vocab_size)
     shape = student_logits.shape[:-1]
-    s2, t2 = _flat_rows(student_logits, teacher_logits)
+    vocab = student_logits.shape[-1]
+    s2, t2 = student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab)
     check_masks((), s2, t2, None, shape)
-    dtype = compute_dtype(student_logits.dtype)
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in HeadTail.__dataclass_fields__}
-    step = max(1, _CHUNK_ELEMENTS // s2.shape[-1])
-    for start in range(0, s2.shape[0], step):
-        d = make_dists(
-            s2[start : start + step], t2[start : start + step], temperature, dtype, floored=True
-        )
-        g_head, g_tail, w, stats = gaps_and_weight(d, mu, boundary)
-        parts["g_head"].append(g_head)
-        parts["g_tail"].append(g_tail)
-        parts["w"].append(w)
-        parts["head_size"].append(stats.head_size)
-        parts["head_mass"].append(stats.head_mass)
-        parts["teacher_entropy"].append(-(d.p * d.lp).sum(-1))
-        parts["student_entropy"].append(-(d.q * d.lq).sum(-1))
-    fields = {}
-    for name, chunks in parts.items():
-        if chunks:
-            fields[name] = torch.cat(chunks).reshape(shape)
-        else:
-            kind = torch.long if name == "head_size" else dtype
-            fields[name] = torch.zeros(shape, dtype=kind, device=student_logits.device)
+    _, _, stats = run_chunks(
+        s2, t2, None, {}, temperature=temperature, chunk_size=chunk_size, stats=(mu, boundary),
+        floored=True,
+    )
+    assert stats is not None
     for name in ("teacher_entropy", "student_entropy"):  # NaN in p or q reaches the entropy
-        if bool(fields[name].isnan().any()):
+        if bool(stats[name].isnan().any()):
             raise ValueError(
                 "head_tail produced NaN: the logits contain NaN or +inf values, or a position "
                 "whose logits are all -inf"
             )
-    return HeadTail(**fields)
+    return HeadTail(**{name: stats[name].reshape(shape) for name in HeadTail.__dataclass_fields__})
 
 
 @torch.no_grad()

@@ -1,13 +1,29 @@
-"""Public loss API: per-token divergences, masked reduction, temperature, chunking.
+"""Public loss API: per-token divergences, masked reduction, temperature, chunking, stats.
 
 All functions take student and teacher logits of shape `[..., V]` (float16, bfloat16, float32
 or float64; computed in float32, or float64 for float64 inputs), on any device. p is the
 teacher distribution softmax(teacher / T), q the student's softmax(student / T). Gradients
 flow to the student logits only; the teacher is detached.
 
-Positions are processed in chunks of rows: each chunk's value and closed-form (or autograd)
-gradient are computed in the forward pass, so peak extra memory is a few chunk-sized buffers
-plus one gradient the size of the student logits.
+How it runs (`run_chunks`): positions are processed in chunks of rows. Each chunk is a few
+fused passes over `[R, V]` buffers that are allocated once per call and reused (on CPU a fresh
+`[R, V]` tensor costs page faults, often more than the arithmetic): one log-softmax and one exp
+per side, then the kernel (divergences.py), which writes its closed-form gradient straight
+into the gradient buffer. The gradient is thus computed in the forward pass; the backward
+only scales it, in place. No host synchronisation happens per chunk: rows that need a second
+look (a masked -inf entry made the fast value non-finite, or an AKL head longer than 64
+tokens) are found with one check at the end and recomputed exactly.
+
+Chunk size (`chunk_rows`): as many rows as keep the chunk buffers within half the logits'
+size, so that peak extra memory, the gradient buffer (1x) included, stays within 1.5x the
+student logits; never fewer than `_CHUNK_ELEMENTS` elements per chunk, where per-operation
+overhead would dominate (small inputs then run in one or a few chunks). Large chunks matter on
+a loaded machine: every tensor operation with several threads ends in a barrier that waits
+for the slowest thread. `chunk_size=` (rows) overrides the rule.
+
+torch.compile: not used. Measured on real logits (see the benchmarks), the eager passes above
+are within the target; inductor's CPU compile costs tens of seconds per shape and its fused
+kernel gained too little to pay for that, so eager is the one code path.
 """
 
 from __future__ import annotations
@@ -26,106 +42,215 @@ from ._checks import (
     check_temperature,
     compute_dtype,
 )
-from ._dists import make_dists
+from ._dists import BUFFERS, Dists, make_dists, rowdot, stacked
 from ._masking import check_masks
-from .divergences import LOSSES, Kernel, get_loss
-from .headtail import head_tail
+from .divergences import LOSSES, Kernel, LossSpec, get_loss, kl_pair
+from .headtail import gaps_and_weight, head_tail
 from .sparse import SparseTeacher, sparse_per_row, sparse_per_token
 from .stats import KDStats
 
-_CHUNK_ELEMENTS = 1 << 20
 REDUCTIONS = ("mean", "sum", "none")
+_CHUNK_ELEMENTS = 1 << 20  # smallest automatic chunk, in logits
+_CHUNK_MEMORY = 0.45  # automatic chunks keep their buffers within this x the logits (1.5x in all)
+STAT_FIELDS = ("fkl", "rkl", "w", "g_head", "g_tail", "head_size", "head_mass",
+               "teacher_entropy", "student_entropy")
 
 
-def _rows_per_chunk(vocab: int) -> int:
-    return max(1, _CHUNK_ELEMENTS // vocab)
-
-
-class _ChunkRunner:
-    """Computes one chunk of rows and writes its values (and gradient) into the outputs."""
-
-    def __init__(
-        self,
-        student: torch.Tensor,
-        teacher: torch.Tensor,
-        kernel: Kernel,
-        params: dict[str, Any],
-        temperature: float,
-        dtype: torch.dtype,
-        values: torch.Tensor,
-        grad: torch.Tensor | None,
-    ) -> None:
-        self.student, self.teacher, self.kernel, self.params = student, teacher, kernel, params
-        self.temperature, self.dtype, self.values, self.grad = temperature, dtype, values, grad
-
-    def __call__(self, index: slice | torch.Tensor, floored: bool) -> None:
-        if isinstance(index, slice):
-            s, t = self.student[index], self.teacher[index]
-        else:
-            s, t = self.student.index_select(0, index), self.teacher.index_select(0, index)
-        d = make_dists(s, t, self.temperature, self.dtype, floored=floored)
-        value, chunk_grad = self.kernel(d, self.grad is not None, **self.params)
-        self.values[index] = value
-        if self.grad is not None and chunk_grad is not None:
-            if self.temperature != 1.0:
-                chunk_grad = chunk_grad.div_(self.temperature)
-            self.grad[index] = chunk_grad.to(self.grad.dtype)
-
-
-class _ChunkedDivergence(torch.autograd.Function):
-    """values[r] = kernel(student[r], teacher[r]) for rows r (all rows, or `rows` only; the
-    other rows get 0 and a zero gradient). Gradient computed chunk by chunk in forward."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        student: torch.Tensor,
-        teacher: torch.Tensor,
-        kernel: Kernel,
-        params: dict[str, Any],
-        temperature: float,
-        rows: torch.Tensor | None,
-    ) -> torch.Tensor:
-        need_grad = bool(ctx.needs_input_grad[0])
-        n_rows, vocab = student.shape
-        dtype = compute_dtype(student.dtype)
-        values = torch.zeros(n_rows, dtype=dtype, device=student.device)
-        grad = None
-        if need_grad:
-            grad = torch.empty_like(student) if rows is None else torch.zeros_like(student)
-        count = n_rows if rows is None else rows.numel()
-        step = _rows_per_chunk(vocab)
-        chunks = (
-            (slice(start, start + step) for start in range(0, count, step))
-            if rows is None
-            else (rows[start : start + step] for start in range(0, count, step))
+def check_chunk_size(chunk_size: int | None) -> int | None:
+    """Return chunk_size, or raise unless it is None or a positive int (rows per chunk)."""
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(
+            f"chunk_size must be a positive int (positions per chunk) or None (automatic), "
+            f"got {chunk_size!r}"
         )
-        run = _ChunkRunner(student, teacher, kernel, params, temperature, dtype, values, grad)
-        for index in chunks:
-            run(index, floored=False)
-        # Rows whose fast value is not finite hold masked (-inf) vocabulary entries:
-        # redo them with floored log-probabilities (0 * log 0 = 0, no NaN).
-        bad = (~torch.isfinite(values)).nonzero().squeeze(-1)
-        for start in range(0, bad.numel(), step):
-            run(bad[start : start + step], floored=True)
-        ctx.save_for_backward(grad)
-        return values
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_values: torch.Tensor) -> tuple[Any, ...]:
-        (grad,) = ctx.saved_tensors
-        grad_student = grad * grad_values.unsqueeze(-1).to(grad.dtype)
-        return grad_student, None, None, None, None, None
+    return chunk_size
 
 
-def _check_finite(values: torch.Tensor, name: str) -> None:
-    if values.numel() and bool(torch.isnan(values).any()):
+def chunk_rows(n_rows: int, vocab: int, itemsize: int, dtype: torch.dtype, buffers: int) -> int:
+    """Automatic rows per chunk for `n_rows` x `vocab` logits of `itemsize` bytes, computed in
+    `dtype` with `buffers` `[R, V]` buffers: within _CHUNK_MEMORY x the logits' bytes, and at
+    least _CHUNK_ELEMENTS logits per chunk."""
+    per_row = buffers * vocab * torch.finfo(dtype).bits // 8
+    by_memory = int(_CHUNK_MEMORY * n_rows * vocab * itemsize) // per_row
+    return max(1, min(n_rows, max(by_memory, _CHUNK_ELEMENTS // vocab)))
+
+
+def _chunk_stats(d: Dists, mu: float, boundary: str) -> None:
+    """The KDStats fields of a chunk into `d.found` (`[R]` each). Runs before the kernel, which
+    then reuses them (the head split, FKL, RKL and the log-ratio) instead of recomputing."""
+    gaps_and_weight(d, mu, boundary)  # first: it stages in the gradient slot
+    kl_pair(d)
+    qp, logs = stacked(d.q, d.p), stacked(d.lq, d.lp)
+    if qp is not None and logs is not None:  # both entropies from one batched GEMM
+        sums = torch.bmm(qp, logs.transpose(1, 2)).diagonal(dim1=1, dim2=2)
+        h_q, h_p = sums[:, 0], sums[:, 1]
+    else:
+        h_q, h_p = rowdot(d.q, d.lq), rowdot(d.p, d.lp)
+    d.found["teacher_entropy"], d.found["student_entropy"] = -h_p, -h_q
+
+
+def _put(out: torch.Tensor, index: slice | torch.Tensor, value: torch.Tensor) -> None:
+    if isinstance(index, slice):
+        out[index] = value
+    else:
+        out.index_copy_(0, index, value.to(out.dtype))
+
+
+def run_chunks(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    kernel: Kernel | None,
+    params: dict[str, Any],
+    *,
+    temperature: float,
+    kernel_buffers: int = BUFFERS,
+    rows: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    need_grad: bool = False,
+    stats: tuple[float, str] | None = None,
+    floored: bool = False,
+    grad_scale: float | torch.Tensor = 1.0,
+    name: str = "loss",
+) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor] | None]:
+    """The chunk loop over `[N, V]` logits: (values `[N]`, grad `[N, V]` w.r.t. the raw student
+    logits or None, stats {field: `[N]`} or None).
+
+    `rows` (int64 `[n]`) limits the work to those rows; the others get 0 (and zero gradient).
+    `kernel=None` computes stats only. `stats=(mu, boundary)` adds the KDStats fields.
+    `kernel_buffers`: the `[R, V]` buffers the kernel holds besides the gradient (LossSpec).
+    `floored=True` uses floored log-probs from the start (diagnostics). The gradient is that
+    of `grad_scale * values.sum()` (a reduction's 1 / count folded into the chunk pass).
+    """
+    n_rows, vocab = student.shape
+    dtype = compute_dtype(student.dtype)
+    device = student.device
+    factor = grad_scale / temperature
+    count = n_rows if rows is None else rows.numel()
+    grad = None
+    if need_grad:
+        grad = torch.empty_like(student) if rows is None else torch.zeros_like(student)
+    # the kernel writes the gradient in place into `grad` when it can, else into a spare buffer
+    direct = grad is not None and rows is None and grad.dtype == dtype
+    scratch = kernel_buffers > BUFFERS
+    buffers_per_row = max(kernel_buffers, BUFFERS) + int(not direct)
+    step = chunk_size or chunk_rows(n_rows, vocab, student.element_size(), dtype, buffers_per_row)
+    step = max(1, min(step, count))
+    values = torch.zeros(n_rows, dtype=dtype, device=device)
+    out_stats = None
+    if stats is not None:
+        out_stats = {f: torch.zeros(n_rows, dtype=torch.long if f == "head_size" else dtype,
+                                    device=device) for f in STAT_FIELDS}
+    buffers = torch.empty((BUFFERS, step, vocab), dtype=dtype, device=device)
+    work = torch.empty((step, vocab), dtype=dtype, device=device) if scratch else None
+    spare: list[torch.Tensor] = []  # the gradient slot when not `direct`, made when needed
+    redo = torch.zeros(n_rows, dtype=torch.bool, device=device)
+
+    def rows_of(x: torch.Tensor, index: slice | torch.Tensor, stage: torch.Tensor) -> torch.Tensor:
+        if isinstance(index, slice):
+            return x[index]
+        if x.dtype == stage.dtype:  # gather straight into the buffer the chunk starts from
+            return torch.ops.aten.index.Tensor_out(x, [index], out=stage)  # x[index], no alloc
+        return x[index]
+
+    def run(index: slice | torch.Tensor, floored: bool, exact: bool) -> None:
+        r = index.stop - index.start if isinstance(index, slice) else index.numel()
+        chunk_buffers = buffers[:, :r]
+        s = rows_of(student, index, chunk_buffers[2])  # the q and p slots: free until the exp
+        t = rows_of(teacher, index, chunk_buffers[3])
+        d = make_dists(s, t, temperature, dtype, floored, buffers=chunk_buffers)
+        in_place = direct and isinstance(index, slice)  # the kernel writes the final gradient
+        if not in_place and not spare:
+            spare.append(torch.empty((step, vocab), dtype=dtype, device=device))
+        d.grad_out = grad[index] if in_place else spare[0][:r]  # type: ignore[index]
+        d.grad_scale = factor
+        d.work = None if work is None else work[:r]
+        d.redo = None if exact else torch.zeros(r, dtype=torch.bool, device=device)
+        if stats is not None:
+            _chunk_stats(d, *stats)
+        if kernel is not None:
+            value, g = kernel(d, need_grad, **params)
+            _put(values, index, value)
+            if grad is not None and g is not None:
+                if isinstance(d.grad_scale, torch.Tensor) or d.grad_scale != 1.0:
+                    g = g.mul_(d.grad_scale)  # the kernel left the scaling to us
+                if not in_place or g.data_ptr() != d.grad_out.data_ptr():
+                    _put(grad, index, g)
+        if out_stats is not None:
+            for field, tensor in out_stats.items():
+                _put(tensor, index, d.found[field])
+            if d.redo is not None:  # a finite loss with non-finite diagnostics: redo it too
+                f = d.found
+                d.redo |= ~torch.isfinite(f["teacher_entropy"] + f["student_entropy"]
+                                          + f["fkl"] + f["rkl"])
+        if d.redo is not None:
+            _put(redo, index, d.redo)
+
+    for start in range(0, count, step):
+        stop = min(start + step, count)
+        run(slice(start, stop) if rows is None else rows[start:stop], floored, exact=False)
+    # The one host sync: rows whose fast value is not finite (masked -inf vocabulary entries)
+    # or that the fast head search left open: redo them floored (0 * log 0 = 0) and exact.
+    bad = (redo | ~torch.isfinite(values)).nonzero().squeeze(-1)
+    for start in range(0, bad.numel(), step):
+        run(bad[start : start + step], True, exact=True)
+    if bad.numel() and kernel is not None and bool(values.index_select(0, bad).isnan().any()):
         raise ValueError(
             f"{name} produced NaN: the logits contain NaN or +inf values, or a position whose "
             f"logits are all -inf (masked vocabulary entries should be -inf or a large negative "
             f"number, with at least one entry left)"
         )
+    return values, grad, out_stats
+
+
+class _Job:
+    """What `_ChunkedLoss` runs, and where it leaves the stats (a side output).
+
+    denom: None returns per-position values; else the output is values.sum() / denom.
+    """
+
+    def __init__(self, spec: LossSpec, params: dict[str, Any], temperature: float,
+                 rows: torch.Tensor | None, chunk_size: int | None,
+                 stats: tuple[float, str] | None, denom: float | torch.Tensor | None) -> None:
+        self.spec, self.params, self.temperature = spec, params, temperature
+        self.rows, self.chunk_size, self.stats, self.denom = rows, chunk_size, stats, denom
+        self.values: torch.Tensor | None = None
+        self.stats_out: dict[str, torch.Tensor] | None = None
+
+
+class _ChunkedLoss(torch.autograd.Function):
+    """values[r] = kernel(student[r], teacher[r]) (or their sum / denom). The gradient is
+    computed chunk by chunk in forward, the reduction's scale included; backward hands the
+    saved buffer on unchanged when the incoming gradient is 1 (so autograd can adopt it as
+    `.grad`, no copy), else scales a copy (retain_graph and repeated backward stay exact)."""
+
+    @staticmethod
+    def forward(ctx: Any, student: torch.Tensor, teacher: torch.Tensor, job: _Job) -> torch.Tensor:  # type: ignore[override]
+        scale: float | torch.Tensor = 1.0
+        if isinstance(job.denom, torch.Tensor):
+            scale = 1.0 / job.denom.to(compute_dtype(student.dtype))
+        elif job.denom is not None:
+            scale = 1.0 / job.denom
+        values, grad, job.stats_out = run_chunks(
+            student, teacher, job.spec.kernel, job.params, temperature=job.temperature,
+            kernel_buffers=job.spec.buffers, rows=job.rows, chunk_size=job.chunk_size, need_grad=bool(ctx.needs_input_grad[0]),
+            stats=job.stats, grad_scale=scale, name=job.spec.name,
+        )
+        job.values = values
+        ctx.save_for_backward(grad)
+        return values if job.denom is None else values.sum() / job.denom
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
+        (grad,) = ctx.saved_tensors
+        if grad_out.dim() == 0 or grad_out.stride(-1) == 0:  # one number, maybe expanded
+            factor = grad_out.reshape(-1)[:1]
+            if factor.numel() == 0 or bool(factor == 1):
+                return grad, None, None
+            return grad * factor.to(grad.dtype), None, None
+        return grad * grad_out.unsqueeze(-1).to(grad.dtype), None, None
 
 
 def _per_row(
@@ -136,28 +261,77 @@ def _per_row(
     vocab_size: int | None,
     params: dict[str, Any],
     valid: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Validated per-position values `[...]`; `valid` (bool `[...]`) limits the work to those."""
+    chunk_size: int | None = None,
+    with_stats: bool = False,
+    denom: float | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]:
+    """(output, per-position values `[...]`, stats or None), validated. The output is the values
+    (denom None) or values.sum() / denom; `valid` (bool `[...]`) limits the work to those.
+    A SparseTeacher goes to akl_core.sparse (its stats from a second, diagnostics pass)."""
     spec = get_loss(name)
     resolved = spec.resolve(params)
     temperature = check_temperature(temperature)
+    chunk_size = check_chunk_size(chunk_size)
     if isinstance(teacher_logits, SparseTeacher):
-        return sparse_per_row(spec, resolved, student_logits, teacher_logits, temperature,
-                              vocab_size, valid)
+        return _sparse_per_row(spec, resolved, student_logits, teacher_logits, temperature,
+                               vocab_size, valid, with_stats, denom)
     student_logits, teacher_logits = check_logits(student_logits, teacher_logits, vocab_size)
     shape = student_logits.shape[:-1]
     vocab = student_logits.shape[-1]
-    s2 = student_logits.reshape(-1, vocab)
-    t2 = teacher_logits.reshape(-1, vocab)
     rows = None
     if valid is not None:
-        flat = valid.reshape(-1)
-        if not bool(flat.all()):
-            rows = flat.nonzero().squeeze(-1)
-    check_masks([(spec.name, resolved)], s2, t2, rows, shape)
-    values = _ChunkedDivergence.apply(s2, t2, spec.kernel, resolved, temperature, rows)
-    _check_finite(values.detach(), name)
-    return values.reshape(shape)
+        rows = valid.reshape(-1).nonzero().squeeze(-1)
+        if rows.numel() == valid.numel():
+            rows = None
+    check_masks([(spec.name, resolved)], student_logits.reshape(-1, vocab),
+                teacher_logits.reshape(-1, vocab), rows, shape)
+    stats = None
+    if with_stats:
+        stats = (float(resolved.get("mu", 0.5)), str(resolved.get("boundary", "reference")))
+    job = _Job(spec, resolved, temperature, rows, chunk_size, stats, denom)
+    out = _ChunkedLoss.apply(
+        student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab), job
+    )
+    assert job.values is not None
+    values = job.values.reshape(shape)
+    if denom is None:
+        out = out.reshape(shape)
+    stats_out = None
+    if job.stats_out is not None:
+        stats_out = {k: v.reshape(shape) for k, v in job.stats_out.items()}
+    return out, values, stats_out
+
+
+def _sparse_per_row(
+    spec: LossSpec,
+    resolved: dict[str, Any],
+    student_logits: torch.Tensor,
+    teacher: SparseTeacher,
+    temperature: float,
+    vocab_size: int | None,
+    valid: torch.Tensor | None,
+    with_stats: bool,
+    denom: float | torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]:
+    """`_per_row` against a SparseTeacher: the loss on its bins (akl_core.sparse) and, when
+    asked, the stats of the same bins (head_tail and fkl / rkl: a second pass, no gradient)."""
+    values = sparse_per_row(spec, resolved, student_logits, teacher, temperature, vocab_size,
+                            valid)
+    out = values if denom is None else values.sum() / denom
+    if not with_stats:
+        return out, values, None
+    with torch.no_grad():
+        s = student_logits.detach()
+        mu = float(resolved.get("mu", 0.5))
+        boundary = str(resolved.get("boundary", "reference"))
+        ht = head_tail(s, teacher, mu=mu, boundary=boundary, temperature=temperature,
+                       vocab_size=vocab_size)
+        divs = sparse_per_token([get_loss("fkl"), get_loss("rkl")], s, teacher, temperature,
+                                vocab_size)
+        fields = {"fkl": divs["fkl"], "rkl": divs["rkl"], **ht.to_dict()}
+        if valid is not None:
+            fields = {k: torch.where(valid, v, torch.zeros_like(v)) for k, v in fields.items()}
+    return out, values, fields
 
 
 def divergence(
@@ -167,16 +341,19 @@ def divergence(
     *,
     temperature: float = 1.0,
     vocab_size: int | None = None,
+    chunk_size: int | None = None,
     **params: Any,
 ) -> torch.Tensor:
     """Per-position divergence `name` between teacher p and student q, shape `logits.shape[:-1]`.
 
     Differentiable w.r.t. `student_logits`. `params` are the loss's parameters (see
     `akl_core.LOSSES[name].params`). `vocab_size` cuts both logits to their first entries
-    (for padded output layers). No tau^2 factor is applied. `teacher_logits` may be an
+    (for padded output layers). No tau^2 factor is applied. `chunk_size`: positions per chunk
+    (None: automatic; see the module doc). `teacher_logits` may be an
     `akl_core.SparseTeacher` (top-k log-probs) instead.
     """
-    return _per_row(name, student_logits, teacher_logits, temperature, vocab_size, params)
+    return _per_row(name, student_logits, teacher_logits, temperature, vocab_size, params,
+                    chunk_size=chunk_size)[0]
 
 
 def distillation_loss(
@@ -191,6 +368,7 @@ def distillation_loss(
     temperature: float = 1.0,
     num_items: int | float | torch.Tensor | None = None,
     vocab_size: int | None = None,
+    chunk_size: int | None = None,
     return_stats: bool = False,
     **params: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, KDStats]:
@@ -204,8 +382,9 @@ def distillation_loss(
     "sum": the sum over valid positions; "none": per-position values `[...]`, 0 where masked.
     labels must be integer ids; a non-bool mask must hold exactly 0 or 1 (ValueError otherwise).
     With every position masked, "mean" and "sum" return 0 (never NaN).
+    `chunk_size`: positions per chunk (None: automatic; see the module doc).
     return_stats=True returns `(loss, stats)`, stats an `akl_core.KDStats` of detached
-    per-position diagnostics (0 at masked positions).
+    per-position diagnostics (0 at masked positions) from the same chunk pass as the loss.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -221,57 +400,35 @@ def distillation_loss(
     if mask is not None:
         m = mask.to(device=student_logits.device).bool()
         valid = m if valid is None else valid & m
-    values = _per_row(loss, student_logits, teacher_logits, temperature, vocab_size, params, valid)
-    result = _reduce(values, valid, reduction, num_items)
-    if not return_stats:
+    denom = _denominator(reduction, valid, positions, num_items)
+    result, values, stats = _per_row(loss, student_logits, teacher_logits, temperature,
+                                     vocab_size, params, valid, chunk_size,
+                                     with_stats=return_stats, denom=denom)
+    if stats is None:
         return result
-    return result, _stats(loss, params, student_logits, teacher_logits, values, valid,
-                          temperature, vocab_size)
-
-
-def _reduce(
-    values: torch.Tensor,
-    valid: torch.Tensor | None,
-    reduction: str,
-    num_items: int | float | torch.Tensor | None,
-) -> torch.Tensor:
-    if reduction == "none":
-        return values
-    total = values.sum()
-    if reduction == "sum":
-        return total
-    if num_items is not None:
-        return total / num_items
-    count = values.numel() if valid is None else int(valid.sum())
-    return total / count if count > 0 else total * 0.0
-
-
-@torch.no_grad()
-def _stats(
-    loss: str,
-    params: dict[str, Any],
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    values: torch.Tensor,
-    valid: torch.Tensor | None,
-    temperature: float,
-    vocab_size: int | None,
-) -> KDStats:
-    """Per-position diagnostics (a second pass over the logits)."""
-    resolved = get_loss(loss).resolve(params)
-    mu = float(resolved.get("mu", 0.5))
-    boundary = str(resolved.get("boundary", "reference"))
-    s = student_logits.detach()
-    t = teacher_logits if isinstance(teacher_logits, SparseTeacher) else teacher_logits.detach()
-    ht = head_tail(s, t, mu=mu, boundary=boundary, temperature=temperature,
-                   vocab_size=vocab_size)
-    divs = per_token_divergences(s, t, names=["fkl", "rkl"], temperature=temperature,
-                                 vocab_size=vocab_size)
     if valid is None:
         valid = torch.ones(values.shape, dtype=torch.bool, device=values.device)
-    fields = {"value": values.detach(), "fkl": divs["fkl"], "rkl": divs["rkl"], **ht.to_dict()}
-    return KDStats(valid=valid, **{k: torch.where(valid, v, torch.zeros_like(v))
-                                   for k, v in fields.items()})
+    return result, KDStats(value=values.detach(), valid=valid, **stats)
+
+
+def _denominator(
+    reduction: str,
+    valid: torch.Tensor | None,
+    positions: torch.Size,
+    num_items: int | float | torch.Tensor | None,
+) -> float | torch.Tensor | None:
+    """What the summed loss is divided by: None for "none", 1 for "sum", else the count of
+    valid positions (a tensor: no host sync; at least 1, so all-masked gives 0, never NaN) or
+    `num_items`."""
+    if reduction == "none":
+        return None
+    if reduction == "sum":
+        return 1.0
+    if num_items is not None:  # checked (check_num_items): a finite float > 0
+        return float(num_items)
+    if valid is None:
+        return float(max(positions.numel(), 1))
+    return valid.sum().clamp_min(1)
 
 
 @torch.no_grad()
@@ -282,13 +439,16 @@ def per_token_divergences(
     names: list[str] | tuple[str, ...] | None = None,
     temperature: float = 1.0,
     vocab_size: int | None = None,
+    chunk_size: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every named divergence (default: the whole catalogue) at default parameters, per position.
 
-    Returns {name: tensor `[...]`}; no gradients. The distributions are computed once per chunk.
+    Returns {name: tensor `[...]`}; no gradients. The distributions are computed once per chunk
+    (floored log-probs) and shared by every divergence. `chunk_size`: positions per chunk.
     """
     specs = [get_loss(n) for n in (names if names is not None else list(LOSSES))]
     temperature = check_temperature(temperature)
+    chunk_size = check_chunk_size(chunk_size)
     if isinstance(teacher_logits, SparseTeacher):
         return sparse_per_token(specs, student_logits, teacher_logits, temperature, vocab_size)
     student_logits, teacher_logits = check_logits(student_logits, teacher_logits, vocab_size)
@@ -297,17 +457,25 @@ def per_token_divergences(
     s2, t2 = student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab)
     dtype = compute_dtype(student_logits.dtype)
     check_masks([(spec.name, spec.defaults()) for spec in specs], s2, t2, None, shape)
-    out = {spec.name: [] for spec in specs}
-    step = _rows_per_chunk(vocab)
-    for start in range(0, s2.shape[0], step):
-        d = make_dists(
-            s2[start : start + step], t2[start : start + step], temperature, dtype, floored=True
-        )
+    n_rows = s2.shape[0]
+    per_row = max([BUFFERS + 1] + [spec.buffers + 1 for spec in specs])
+    step = chunk_size or chunk_rows(n_rows, vocab, s2.element_size(), dtype, per_row)
+    step = max(1, min(step, n_rows))
+    out = {spec.name: torch.zeros(n_rows, dtype=dtype, device=s2.device) for spec in specs}
+    buffers = torch.empty((BUFFERS, step, vocab), dtype=dtype, device=s2.device)
+    spare = torch.empty((step, vocab), dtype=dtype, device=s2.device)
+    work = torch.empty((step, vocab), dtype=dtype, device=s2.device)
+    for start in range(0, n_rows, step):
+        stop = min(start + step, n_rows)
+        d = make_dists(s2[start:stop], t2[start:stop], temperature, dtype, floored=True,
+                       buffers=buffers[:, : stop - start])
+        d.grad_out, d.work = spare[: stop - start], work[: stop - start]
         for spec in specs:
-            out[spec.name].append(spec.kernel(d, False, **spec.defaults())[0])
-    result = {}
-    for name, chunks in out.items():
-        values = torch.cat(chunks) if chunks else s2.new_zeros(0, dtype=dtype)
-        _check_finite(values, name)
-        result[name] = values.reshape(shape)
-    return result
+            out[spec.name][start:stop] = spec.kernel(d, False, **spec.defaults())[0]
+    for name, values in out.items():
+        if values.numel() and bool(torch.isnan(values).any()):
+            raise ValueError(
+                f"{name} produced NaN: the logits contain NaN or +inf values, or a position "
+                f"whose logits are all -inf"
+            )
+    return {name: values.reshape(shape) for name, values in out.items()}
