@@ -9,6 +9,7 @@ p is always the TEACHER distribution and q the STUDENT's; logits are `[..., V]`.
 """
 
 from .divergences import LOSSES, LossSpec, ParamSpec, get_loss, resolve_params
+from .fused import fused_linear_distillation_loss
 from .headtail import BOUNDARIES, HeadTail, head_mask, head_tail
 from .losses import distillation_loss, divergence, per_token_divergences
 from .sparse import SparseTeacher
@@ -26,6 +27,7 @@ __all__ = [
     "TAIDSchedule",
     "distillation_loss",
     "divergence",
+    "fused_linear_distillation_loss",
     "get_loss",
     "head_mask",
     "head_tail",

@@ -1,64 +1,65 @@
-"""Speed and peak extra memory of akl_core's losses against two plain-PyTorch baselines.
+"""Speed and peak extra memory of akl_core's losses beside plain PyTorch, TRL and Liger-Kernel.
 
-    python benchmarks/bench_losses.py [--n 512 2048] [--v 32000 49152 151936] [--repeats 3]
+    python benchmarks/bench_losses.py                 # real inputs, N=2048, three conditions
+    python benchmarks/bench_losses.py --dump          # (re)write the real inputs only
+    python benchmarks/bench_losses.py --quick --data random      # a smoke run in seconds
 
-(a) plain FKL: log_softmax + F.kl_div, autograd.  (b) AKL written the straightforward way: a
-full sort of the teacher probs per position, cumsum mask, gaps, weights, FKL + RKL by autograd.
-Each row reports forward+backward time (median of --repeats) and peak extra memory, and the
-ratios to (a) and (b) measured in the same run. Inputs imitate LLM next-token distributions:
-Gaussian logits plus a few boosted tokens, so most of the mass sits on a handful of tokens.
-Memory: CUDA peak allocated on GPU; on CPU the process's peak RSS (VmHWM, reset through
-/proc/self/clear_refs) above the RSS before the step. Timings are noisy: compare ratios.
+Inputs (benchmarks/bench_inputs.py): by default REAL ones, dumped once into .cache/bench/ (the
+bundled teacher and its truncate:4 student on N response positions of the bundled training
+data: logits, lm_head inputs and weights), or random ones (`--data random`).
+
+Each case (benchmarks/bench_cases.py) runs in its own subprocess: it loads only the tensors it
+needs, runs forward + backward once to warm up, then `--repeats` times; we report the median
+time and the peak RSS above the RSS right before the call (VmHWM, reset through
+/proc/self/clear_refs), i.e. the extra memory of the step, gradient buffers included. Three
+conditions in one invocation: 1 thread; 2 threads; 2 threads while `--contention` other
+processes each loop a 2-thread torch matmul (a neighbouring ML job, a notebook kernel).
+
+Output: a markdown table with each time as a ratio to `torch fkl` (log_softmax + kl_div) in
+the same condition, extra memory as a multiple of the student logits' size (N x V x 4 bytes),
+and the targets of issue #8 checked per condition. The table also goes to .cache/bench/.
+Liger-Kernel and TRL are optional: install them outside the project's environment, e.g.
+`pip install --no-deps --target /work/benchdeps trl liger-kernel`, and put that folder on
+PYTHONPATH for the run only. Timings on a shared machine are noisy: compare ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
+import os
+import shlex
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-import akl_core
+import bench_cases  # noqa: E402
+import bench_inputs  # noqa: E402
+import torch  # noqa: E402
 
-
-def llm_like_logits(n: int, v: int, seed: int, device: torch.device) -> torch.Tensor:
-    """`[n, v]` logits whose softmax has a few dominant tokens and a long tail."""
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(n, v, generator=g) * 1.5
-    boosts = torch.rand(n, 4, generator=g) * 8.0 + 9.0
-    idx = torch.randint(0, v, (n, 4), generator=g)
-    logits.scatter_add_(1, idx, boosts)
-    return logits.to(device)
-
-
-def plain_fkl(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Baseline (a): the usual PyTorch forward KL."""
-    return F.kl_div(
-        F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean"
-    )
+CONTENTION_JOB = (
+    "import torch\n"
+    "torch.set_num_threads(2)\n"
+    "a = torch.randn(1024, 1024)\n"
+    "print('ready', flush=True)\n"
+    "while True:\n"
+    "    a @ a\n"
+)
+CONDITIONS = {"1": ("1 thread", 1, False), "2": ("2 threads", 2, False),
+              "2c": ("2 threads + {k} matmul jobs", 2, True)}
+PER_ROW = ("teacher_logits", "student_logits", "student_hidden", "teacher_hidden", "labels")
 
 
-def naive_akl(s: torch.Tensor, t: torch.Tensor, mu: float = 0.5) -> torch.Tensor:
-    """Baseline (b): AKL with a full sort of the vocabulary at every position."""
-    p = F.softmax(t, -1)
-    q = F.softmax(s, -1)
-    sorted_p, idx = p.sort(-1, descending=True)
-    sorted_q = q.detach().gather(-1, idx)
-    gaps = (sorted_p - sorted_q).abs()
-    tail = sorted_p.cumsum(-1) > mu
-    tail[:, 0] = False
-    g_head = gaps.masked_fill(tail, 0).sum(-1)
-    g_tail = gaps.masked_fill(~tail, 0).sum(-1)
-    w = g_head / (g_head + g_tail)
-    log_p, log_q = F.log_softmax(t, -1), F.log_softmax(s, -1)
-    fkl = (p * (log_p - log_q)).sum(-1)
-    rkl = (q * (log_q - log_p)).sum(-1)
-    return (w * fkl + (1 - w) * rkl).mean()
+# --- the worker: one case, one condition, in its own process ----------------------------------
 
 
-def _rss_kib(field: str) -> int:
+def _status_kib(field: str) -> int:
     with open("/proc/self/status") as fh:
         for line in fh:
             if line.startswith(field):
@@ -75,79 +76,232 @@ def _reset_peak() -> bool:
         return False
 
 
-def measure_once(fn, s0: torch.Tensor, t: torch.Tensor) -> tuple[float, float]:
-    """(seconds, peak extra MiB) of one forward+backward of fn(s, t)."""
-    s = s0.detach().requires_grad_(True)
-    if s.is_cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        _reset_peak()
-        base = _rss_kib("VmRSS") * 1024
-    start = time.perf_counter()
-    fn(s, t).backward()
-    if s.is_cuda:
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = _rss_kib("VmHWM") * 1024 - base
-    return time.perf_counter() - start, peak / 2**20
+def run_worker(args: argparse.Namespace) -> dict:
+    from safetensors import safe_open
+
+    torch.set_num_threads(args.threads)
+    case = bench_cases.all_cases()[args.worker]
+    x = {}
+    with safe_open(args.inputs, framework="pt") as f:
+        for name in case.needs:
+            t = f.get_tensor(name)
+            x[name] = t[: args.n].clone() if name in PER_ROW else t
+    try:
+        leaves, fn = case.build(x)
+        loss = fn()
+    except bench_cases.Unavailable as exc:
+        return {"unavailable": str(exc)}
+    loss.backward()  # warm-up
+    value = float(loss.detach())
+    del loss
+    times, peaks = [], []
+    resettable = _reset_peak()
+    for _ in range(args.repeats):
+        for leaf in leaves:
+            leaf.grad = None
+        gc.collect()
+        base = _status_kib("VmRSS")
+        _reset_peak()  # without it, VmHWM is the peak since start: an upper bound
+        start = time.perf_counter()
+        fn().backward()
+        times.append(time.perf_counter() - start)
+        peaks.append((_status_kib("VmHWM") - base) * 1024)
+    return {"time": statistics.median(times), "times": times, "peak": max(peaks),
+            "value": value, "peak_exact": resettable}
 
 
-def measure_all(chosen: dict, s: torch.Tensor, t: torch.Tensor, repeats: int) -> dict:
-    """Round-robin over the methods (so background load hits all alike); median time, max peak."""
-    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in chosen}
-    for round_ in range(repeats + 1):
-        for name, fn in chosen.items():
-            sample = measure_once(fn, s, t)
-            if round_ > 0:  # the first round warms up
-                samples[name].append(sample)
-    return {
-        name: (statistics.median(x[0] for x in xs), max(x[1] for x in xs))
-        for name, xs in samples.items()
-    }
+# --- the parent: conditions, subprocesses, table ----------------------------------------------
 
 
-def methods() -> dict[str, object]:
-    out: dict[str, object] = {"(a) plain fkl": plain_fkl, "(b) naive akl": naive_akl}
-    for name in akl_core.LOSSES:
-        out[name] = lambda s, t, name=name: akl_core.distillation_loss(s, t, loss=name)
+def start_contention(k: int) -> list[subprocess.Popen]:
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    jobs = [subprocess.Popen([sys.executable, "-c", CONTENTION_JOB], stdout=subprocess.PIPE,
+                             env=env, text=True) for _ in range(k)]
+    for job in jobs:
+        job.stdout.readline()  # "ready": torch imported, looping
+    return jobs
+
+
+def stop_contention(jobs: list[subprocess.Popen]) -> None:
+    for job in jobs:
+        job.terminate()
+    for job in jobs:
+        try:
+            job.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            job.kill()
+            job.wait()
+
+
+def run_case(name: str, threads: int, inputs: Path, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--threads",
+           str(threads), "--inputs", str(inputs), "--n", str(args.n), "--repeats",
+           str(args.repeats)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                              timeout=args.case_timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {args.case_timeout} s"}
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"error": f"exit {done.returncode}: {tail[0][:200]}"}
+    return json.loads(lines[-1])
+
+
+def measure(cases: list[str], inputs: Path, args: argparse.Namespace) -> dict[str, dict]:
+    """{condition label: {case: result}}, one subprocess per case and condition."""
+    results: dict[str, dict] = {}
+    for key in args.conditions:
+        label, threads, contended = CONDITIONS[key]
+        label = label.format(k=args.contention)
+        jobs = start_contention(args.contention) if contended else []
+        try:
+            results[label] = {}
+            for name in cases:
+                res = run_case(name, threads, inputs, args)
+                results[label][name] = res
+                shown = (f"{res['time'] * 1e3:8.0f} ms  {res['peak'] / 2**20:7.0f} MiB"
+                         if "time" in res else res.get("unavailable") or res.get("error"))
+                print(f"  [{label}] {name:<28} {shown}", file=sys.stderr, flush=True)
+        finally:
+            stop_contention(jobs)
+    return results
+
+
+def _cell(res: dict, base: dict | None, logits_bytes: int) -> tuple[str, str]:
+    if "time" not in res:
+        return "n/a", "n/a"
+    ratio = f"{res['time'] / base['time']:.2f}" if base and "time" in base else "?"
+    return ratio, f"{res['peak'] / logits_bytes:.2f}"
+
+
+def table(results: dict[str, dict], cases: list[str], logits_bytes: int) -> str:
+    labels = list(results)
+    head = "| case | value | " + " | ".join(f"{lb}: time | mem" for lb in labels) + " |"
+    rows = [head, "|" + "---|" * (2 + 2 * len(labels))]
+    for name in cases:
+        first = next((results[lb][name] for lb in labels if "value" in results[lb][name]), {})
+        value = f"{first['value']:.4f}" if "value" in first else "n/a"
+        cells = []
+        for lb in labels:
+            t, m = _cell(results[lb][name], results[lb].get("torch fkl"), logits_bytes)
+            cells += [t, m]
+        rows.append(f"| {name} | {value} | " + " | ".join(cells) + " |")
+    base = [f"{lb}: torch fkl = {results[lb]['torch fkl']['time'] * 1e3:.0f} ms"
+            for lb in labels if "time" in results[lb].get("torch fkl", {})]
+    return "\n".join(rows) + "\n\n" + "; ".join(base)
+
+
+def check_targets(results: dict[str, dict], logits_bytes: int) -> list[str]:
+    """The targets of issue #8, per condition: one line each, PASS or the failing cases."""
+    out = []
+    for label, res in results.items():
+        def ok(name: str, res: dict = res) -> bool:
+            return "time" in res.get(name, {})
+        base = res.get("torch fkl", {}).get("time")
+        divs = [n for n in res if n.startswith("akl_core ") and "+stats" not in n and ok(n)]
+        if base and divs:
+            slow = [f"{n[9:]} {res[n]['time'] / base:.2f}x" for n in divs
+                    if res[n]["time"] > base]
+            big = [f"{n[9:]} {res[n]['peak'] / logits_bytes:.2f}x" for n in divs
+                   if res[n]["peak"] > 1.5 * logits_bytes]
+            out.append(f"- [{label}] divergences from logits, time <= 1.0x torch fkl: "
+                       + (f"FAIL ({', '.join(slow)})" if slow else "PASS")
+                       + "; extra memory <= 1.5x logits: "
+                       + (f"FAIL ({', '.join(big)})" if big else "PASS"))
+        for loss in bench_cases.FUSED_LOSSES:
+            mine, liger = f"fused {loss}", bench_cases.liger_for(loss)
+            if ok(mine) and ok(liger):
+                t = res[mine]["time"] / res[liger]["time"]
+                m = res[mine]["peak"] / max(res[liger]["peak"], 1)
+                out.append(f"- [{label}] {mine} vs {liger}: time {t:.2f}x, peak {m:.2f}x: "
+                           + ("PASS" if t <= 1.0 and m <= 1.0 else "FAIL"))
+        for loss in ("fkl", "akl"):
+            plain, stats = f"akl_core {loss}", f"akl_core {loss} +stats"
+            if ok(plain) and ok(stats):
+                extra = res[stats]["time"] / res[plain]["time"] - 1
+                out.append(f"- [{label}] return_stats on {loss}: {extra:+.0%} time: "
+                           + ("PASS" if extra <= 0.10 else "FAIL"))
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, nargs="+", default=[512, 2048])
-    parser.add_argument("--v", type=int, nargs="+", default=[32000, 49152, 151936])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--losses", nargs="*", default=None, help="subset of losses")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--data", choices=("real", "random"), default="real")
+    parser.add_argument("--n", type=int, default=None, help="positions (default 2048; quick 64)")
+    parser.add_argument("--v", type=int, default=None, help="vocabulary of random inputs")
+    parser.add_argument("--h", type=int, default=None, help="hidden size of random inputs")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3)")
+    parser.add_argument("--conditions", nargs="+", choices=tuple(CONDITIONS),
+                        default=list(CONDITIONS))
+    parser.add_argument("--contention", type=int, default=2,
+                        help="matmul jobs beside the '2c' condition")
+    parser.add_argument("--cases", nargs="+", default=None, help="case names (default: all)")
+    parser.add_argument("--quick", action="store_true", help="small N, one repeat: a smoke run")
+    parser.add_argument("--dump", action="store_true", help="(re)write the inputs and stop")
+    parser.add_argument("--case-timeout", type=float, default=1800.0)
+    parser.add_argument("--out", type=Path, default=None, help="markdown output file")
+    parser.add_argument("--cache", type=Path, default=bench_inputs.CACHE,
+                        help="folder of the dumped inputs and results (default .cache/bench)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--inputs", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    chosen = methods()
-    if args.losses:
-        keep = {"(a) plain fkl", "(b) naive akl", *args.losses}
-        chosen = {k: v for k, v in chosen.items() if k in keep}
-    print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__}")
-    for n in args.n:
-        for v in args.v:
-            s = llm_like_logits(n, v, 0, device)
-            t = llm_like_logits(n, v, 1, device)
-            logits_mib = s.numel() * s.element_size() / 2**20
-            heads = akl_core.head_tail(s, t).head_size.float()
-            print(f"\nN={n} V={v}  logits {logits_mib:.0f} MiB each; teacher head size: "
-                  f"median {heads.median():.0f}, max {heads.max():.0f}")
-            print(f"{'loss':<16}{'time ms':>10}{'x (a)':>8}{'x (b)':>8}{'peak MiB':>10}"
-                  f"{'x logits':>10}")
-            results = measure_all(chosen, s, t, args.repeats)
-            base_a, base_b = results["(a) plain fkl"][0], results["(b) naive akl"][0]
-            for name, (sec, peak) in results.items():
-                print(f"{name:<16}{sec * 1e3:>10.1f}{sec / base_a:>8.2f}{sec / base_b:>8.2f}"
-                      f"{peak:>10.0f}{peak / logits_mib:>10.2f}")
+    if args.worker:
+        print(json.dumps(run_worker(args)))
+        return
+    args.n = args.n or (64 if args.quick else 2048)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    v = args.v or (1000 if args.quick else 49152)
+    h = args.h or (32 if args.quick else 576)
+    inputs = bench_inputs.ensure_inputs(args.data, args.n, v, h, args.cache, force=args.dump)
+    if args.dump:
+        print(f"wrote {inputs}")
+        return
+    from safetensors import safe_open
+
+    with safe_open(str(inputs), framework="pt") as f:
+        n_all, v = f.get_slice("student_logits").get_shape()
+        h = f.get_slice("student_hidden").get_shape()[1]
+    args.n = min(args.n, n_all)
+    known = bench_cases.all_cases()
+    cases = args.cases or list(known)
+    unknown = [c for c in cases if c not in known]
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; known: {', '.join(known)}")
+    if "torch fkl" not in cases:
+        cases = ["torch fkl", *cases]
+    logits_bytes = args.n * v * 4
+    _, liger_note = bench_cases.liger_jsd()
+    _, trl_note = bench_cases.trl_gjsd()
+    started = time.strftime("%Y-%m-%d %H:%M")
+    results = measure(cases, inputs, args)
+    command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+    pythonpath = os.environ.get("PYTHONPATH", "")
+    lines = [
+        f"`{command}`" + (f" (PYTHONPATH={pythonpath})" if pythonpath else ""),
+        "",
+        f"{args.data} inputs: N={args.n} positions, V={v}, H={h}, float32 "
+        f"(logits {logits_bytes / 2**20:.0f} MiB); {args.repeats} timed repeats after a "
+        f"warm-up, median; torch {torch.__version__}; {os.cpu_count()} CPUs; started {started}.",
+        "time: forward+backward as a multiple of `torch fkl` in the same condition; mem: "
+        "peak RSS above the step's start, as a multiple of the logits' size.",
+        f"Liger: {liger_note}. TRL: {trl_note}.",
+        "",
+        table(results, cases, logits_bytes),
+        "",
+        "Targets (issue #8):",
+        *check_targets(results, logits_bytes),
+    ]
+    text = "\n".join(lines)
+    print(text)
+    out = args.out or args.cache / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n", encoding="utf-8")
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    print(f"\n(written to {out})", file=sys.stderr)
 
 
 if __name__ == "__main__":

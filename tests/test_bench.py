@@ -1,0 +1,48 @@
+"""The loss benchmark's harness runs end to end (a smoke run on tiny random inputs)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CASES = ["akl_core akl", "akl_core akl +stats", "fused akl"]
+
+
+def test_quick_benchmark_runs_each_case_in_a_subprocess(tmp_path):
+    out = tmp_path / "bench.md"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_losses.py"), "--quick", "--data",
+           "random", "--n", "32", "--v", "300", "--h", "16", "--conditions", "1",
+           "--cache", str(tmp_path), "--out", str(out), "--cases", *CASES]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = out.read_text()
+    assert "random inputs: N=32 positions, V=300, H=16" in text
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")
+            for line in text.splitlines() if line.startswith("| ")}
+    for name in ["torch fkl", *CASES]:
+        cells = rows[name]
+        assert float(cells[1]) >= 0.0, cells  # the loss value
+        float(cells[2]), float(cells[3].rstrip(" |"))  # time ratio and memory multiple
+    assert rows["torch fkl"][2] == "1.00"
+    # the same loss from logits and from hidden states (teacher logits = its hidden @ weight.T)
+    assert abs(float(rows["akl_core akl"][1]) - float(rows["fused akl"][1])) <= 2e-4
+    assert "[1 thread] return_stats on akl:" in text
+    assert (tmp_path / "random_n32_v300_h16.safetensors").exists()
+
+
+def test_contention_jobs_start_and_stop():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import bench_losses
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    jobs = bench_losses.start_contention(1)
+    try:
+        assert jobs[0].poll() is None  # looping
+    finally:
+        bench_losses.stop_contention(jobs)
+    assert jobs[0].poll() is not None
