@@ -94,8 +94,8 @@ def test_gradient_sign_stats_count_the_rkl_flip():
 
 def test_w_bound_holds_whenever_head_errors_have_one_sign():
     torch.manual_seed(0)
-    teacher = torch.randn(400, 40) * 2.5
-    student = teacher + torch.randn(400, 40) * 1.5
+    teacher = (torch.randn(400, 40) * 2.5).double()
+    student = teacher + torch.randn(400, 40).double() * 1.5
     stats = analysis.w_bound_stats(student, teacher)
     assert stats["max_w_one_sign"] <= 0.5 + 1e-6
     assert stats["w_above_half"] > 0  # these random students do mis-rank multi-token heads

@@ -30,11 +30,12 @@ def _seeds(pairs):
 def test_seeds_below_holds_fails_and_mixed():
     holds = verdicts.seeds_below("k", "claim", _seeds([(0.1, 0.2), (0.3, 0.4)]), "fkl", "rkl", 1, "g")
     assert holds.status == HOLDS and holds.evidence["fkl"]["mean"] == pytest.approx(0.2)
-    assert "2 of 2 seeds" in holds.reading
+    assert "in 2 of 2 seeds" in holds.reading
+    assert "fkl lower by 33.3% of rkl's" in holds.reading  # (0.3 - 0.2) / 0.3
     fails = verdicts.seeds_below("k", "claim", _seeds([(0.3, 0.2), (0.5, 0.4)]), "fkl", "rkl", 1, "g")
     assert fails.status == FAILS
     mixed = verdicts.seeds_below("k", "claim", _seeds([(0.1, 0.2), (0.5, 0.4)]), "fkl", "rkl", 1, "g")
-    assert mixed.status == MIXED and "1 of 2 seeds" in mixed.reading
+    assert mixed.status == MIXED and "in 1 of 2 seeds" in mixed.reading
     equal = verdicts.seeds_below("k", "claim", _seeds([(0.2, 0.2)]), "fkl", "rkl", 1, "g")
     assert equal.status == FAILS  # "below" is strict
     assert mixed.line().startswith("[MIXED] claim: g at step 1")
@@ -66,7 +67,7 @@ def test_head_first_at_every_step_names_the_steps_where_it_fails():
 
 def test_w_verdicts():
     good = {"n": 10, "all_head_under": 0.9, "mixed_head": 0.05, "w_above_half": 0.0,
-            "max_w_one_sign": 0.50002}
+            "max_w_one_sign": 0.5 + 1e-12}
     assert verdicts.w_bound("k", good, "x").status == HOLDS  # within float rounding
     bad = dict(good, max_w_one_sign=0.52)
     assert verdicts.w_bound("k", bad, "x").status == FAILS

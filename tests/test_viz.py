@@ -120,15 +120,16 @@ def test_shape_mismatch_raises():
 
 def test_seed_band_curves_mean_and_range():
     runs = {"fkl": [{"step": [0, 1, 2], "g_head": [1.0, 0.5, 0.2]},
-                    {"step": [0, 1, 2], "g_head": [1.0, 0.7, 0.4]}],
+                    {"step": [0, 1, 2], "g_head": [1.0, 0.6, 0.4]},
+                    {"step": [0, 1, 2], "g_head": [1.0, 1.0, 0.3]}],
             "rkl": [{"step": [0, 1, 2], "g_head": [1.0, 0.9, 0.8]}]}
     fig = viz.seed_band_curves(runs, ["g_head"], mark_step=1, title="bands")
     lines = [t for t in fig.data if t.mode == "lines" and t.showlegend is not False]
     assert [t.name for t in lines] == ["fkl", "rkl"]
-    np.testing.assert_allclose(lines[0].y, [1.0, 0.6, 0.3])
+    np.testing.assert_allclose(lines[0].y, [1.0, 0.7, 0.3])
     band = [t for t in fig.data if t.fill == "toself"]
     assert len(band) == 1  # one seed of rkl: no band
-    np.testing.assert_allclose(band[0].y, [1.0, 0.7, 0.4, 0.2, 0.5, 1.0])
+    np.testing.assert_allclose(band[0].y, [1.0, 1.0, 0.4, 0.2, 0.5, 1.0])  # max, then min back
     with pytest.raises(ValueError, match="different steps"):
         viz.seed_band_curves({"a": [{"step": [0, 1], "x": [1, 2]}, {"step": [0, 2], "x": [1, 2]}]},
                              ["x"])

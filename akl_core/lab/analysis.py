@@ -42,8 +42,9 @@ __all__ = [
     "fit_positions_by_seed",
 ]
 
-#: w is computed in float32: values within W_TOL of 0.5 are float rounding, not "w > 0.5".
-W_TOL = 1e-4
+#: The analyses compute w in float64 (row chunks); w within W_TOL of 0.5 is rounding, not
+#: "w > 0.5" (float32 would need about 1e-4: g_tail is a difference of sums over 49k entries).
+W_TOL = 1e-9
 _CHUNK_ROWS = 64
 
 
@@ -76,6 +77,17 @@ def _pair(student_logits: Any, teacher_logits: Any) -> tuple[torch.Tensor, torch
 def _chunks(n: int) -> Iterable[slice]:
     for start in range(0, n, _CHUNK_ROWS):
         yield slice(start, min(n, start + _CHUNK_ROWS))
+
+
+@torch.no_grad()
+def _head_tail64(s: torch.Tensor, t: torch.Tensor, **kw: Any) -> dict[str, torch.Tensor]:
+    """akl_core.head_tail in float64, row chunk by row chunk: {field: [N]}."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    for sl in _chunks(s.shape[0]):
+        ht = akl_core.head_tail(s[sl].double(), t[sl].double(), **kw).to_dict()
+        for k, v in ht.items():
+            parts.setdefault(k, []).append(v)
+    return {k: torch.cat(v) for k, v in parts.items()}
 
 
 @torch.no_grad()
@@ -235,8 +247,9 @@ def _head_error_signs(s: torch.Tensor, t: torch.Tensor, mu: float, boundary: str
     """Per row: (every head token under-predicted (q <= p), head errors of both signs)."""
     under, mixed = [], []
     for sl in _chunks(s.shape[0]):
-        head = akl_core.head_mask(t[sl], mu=mu, boundary=boundary, temperature=temperature)
-        d = torch.softmax(t[sl] / temperature, -1) - torch.softmax(s[sl] / temperature, -1)
+        s64, t64 = s[sl].double(), t[sl].double()
+        head = akl_core.head_mask(t64, mu=mu, boundary=boundary, temperature=temperature)
+        d = torch.softmax(t64 / temperature, -1) - torch.softmax(s64 / temperature, -1)
         pos = ((d > 0) & head).any(-1)
         neg = ((d < 0) & head).any(-1)
         under.append(~neg)
@@ -260,15 +273,15 @@ def w_bound_stats(
     'w_above_half_given_mixed'; 'mean_w', 'max_w', 'n'.
     """
     s, t = _pair(student_logits, teacher_logits)
-    ht = akl_core.head_tail(s, t, mu=mu, boundary=boundary, temperature=temperature)
-    w = ht.w.float()
+    ht = _head_tail64(s, t, mu=mu, boundary=boundary, temperature=temperature)
+    w = ht["w"]
     under, mixed = _head_error_signs(s, t, mu, boundary, temperature)
     one_sign = ~mixed
     above = w > 0.5 + W_TOL
     n = float(w.numel())
     return {
         "n": n,
-        "head_size_1": float((ht.head_size == 1).float().mean()),
+        "head_size_1": float((ht["head_size"] == 1).float().mean()),
         "all_head_under": float(under.float().mean()),
         "mixed_head": float(mixed.float().mean()),
         "w_above_half": float(above.float().mean()),
@@ -292,11 +305,11 @@ def boundary_comparison(
     out: dict[str, float] = {}
     sizes = {}
     for rule in akl_core.BOUNDARIES:
-        ht = akl_core.head_tail(s, t, mu=mu, boundary=rule)
-        sizes[rule] = ht.head_size
-        out[f"head_size_{rule}"] = float(ht.head_size.float().mean())
-        out[f"mean_w_{rule}"] = float(ht.w.mean())
-        out[f"w_above_half_{rule}"] = float((ht.w > 0.5 + W_TOL).float().mean())
+        ht = _head_tail64(s, t, mu=mu, boundary=rule)
+        sizes[rule] = ht["head_size"]
+        out[f"head_size_{rule}"] = float(ht["head_size"].double().mean())
+        out[f"mean_w_{rule}"] = float(ht["w"].mean())
+        out[f"w_above_half_{rule}"] = float((ht["w"] > 0.5 + W_TOL).double().mean())
     out["differ"] = float((sizes["reference"] != sizes["paper"]).float().mean())
     return out
 
@@ -313,14 +326,14 @@ def mu_sweep(
     s, t = _pair(student_logits, teacher_logits)
     rows = []
     for mu in mus:
-        ht = akl_core.head_tail(s, t, mu=mu, boundary=boundary)
+        ht = _head_tail64(s, t, mu=mu, boundary=boundary)
         _, mixed = _head_error_signs(s, t, mu, boundary)
         rows.append({
             "mu": float(mu),
-            "head_size_mean": float(ht.head_size.float().mean()),
-            "head_size_median": float(ht.head_size.float().median()),
-            "mean_w": float(ht.w.mean()),
-            "w_above_half": float((ht.w > 0.5 + W_TOL).float().mean()),
+            "head_size_mean": float(ht["head_size"].double().mean()),
+            "head_size_median": float(ht["head_size"].double().median()),
+            "mean_w": float(ht["w"].mean()),
+            "w_above_half": float((ht["w"] > 0.5 + W_TOL).double().mean()),
             "mixed_head": float(mixed.float().mean()),
         })
     return rows
@@ -339,14 +352,14 @@ def temperature_sweep(
     s, t = _pair(student_logits, teacher_logits)
     rows = []
     for temp in temperatures:
-        ht = akl_core.head_tail(s, t, mu=mu, boundary=boundary, temperature=temp)
+        ht = _head_tail64(s, t, mu=mu, boundary=boundary, temperature=temp)
         rows.append({
             "temperature": float(temp),
-            "head_size_mean": float(ht.head_size.float().mean()),
-            "head_size_median": float(ht.head_size.float().median()),
-            "mean_w": float(ht.w.mean()),
-            "w_above_half": float((ht.w > 0.5 + W_TOL).float().mean()),
-            "teacher_entropy": float(ht.teacher_entropy.mean()),
+            "head_size_mean": float(ht["head_size"].double().mean()),
+            "head_size_median": float(ht["head_size"].double().median()),
+            "mean_w": float(ht["w"].mean()),
+            "w_above_half": float((ht["w"] > 0.5 + W_TOL).double().mean()),
+            "teacher_entropy": float(ht["teacher_entropy"].mean()),
         })
     return rows
 

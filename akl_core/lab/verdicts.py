@@ -174,10 +174,12 @@ def seeds_below(
     status = _status([x < y for x, y in zip(a, b)])
     sa, sb = _stats(a), _stats(b)
     wins = sum(x < y for x, y in zip(a, b))
+    rel = (sb["mean"] - sa["mean"]) / abs(sb["mean"]) if sb["mean"] else float("nan")
     reading = (f"{metric} at step {step}: {lower} {_ms(sa)} vs {higher} {_ms(sb)} "
-               f"({wins} of {len(a)} seeds)")
+               f"({lower} lower by {rel:.1%} of {higher}'s; in {wins} of {len(a)} seeds)")
     return Verdict(key, claim, status, reading,
-                   {"metric": metric, "step": step, lower: sa, higher: sb, "seeds": len(a)})
+                   {"metric": metric, "step": step, lower: sa, higher: sb, "seeds": len(a),
+                    "relative_difference": rel})
 
 
 def converges(
@@ -280,17 +282,19 @@ def w_bound(key: str, stats: Mapping[str, float], label: str) -> Verdict:
 
 
 def w_above_half(
-    key: str, cases: Mapping[str, Mapping[str, float]], *, expect: Sequence[str]
+    key: str, cases: Mapping[str, Mapping[str, float]], *, expect: Sequence[str],
+    tol: float = W_TOL,
 ) -> Verdict:
     """Claim: w > 0.5 does occur in each case named in `expect` (and the reading lists every
-    case's share). cases: {label: analysis.w_bound_stats(...) or a row with 'w_above_half'}."""
+    case's share). cases: {label: analysis.w_bound_stats(...) or a row with 'w_above_half'
+    counted as w > 0.5 + tol}."""
     missing = [c for c in expect if c not in cases]
     if missing:
         raise ValueError(f"cases {missing} were not measured")
     flags = [float(cases[c]["w_above_half"]) > 0 for c in expect]
     reading = "; ".join(f"{c}: {float(s['w_above_half']):.1%}" for c, s in cases.items())
     return Verdict(key, f"w > 0.5 occurs ({', '.join(expect)})", _status(flags),
-                   f"share of positions with w > 0.5 + {W_TOL:g}: {reading}",
+                   f"share of positions with w > 0.5 + {tol:g}: {reading}",
                    {c: dict(s) for c, s in cases.items()})
 
 
