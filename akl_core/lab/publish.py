@@ -56,7 +56,7 @@ PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 #: Per-cell time limits (seconds): small settings fail fast; full settings allow long cells.
 SMALL_CELL_TIMEOUT = 180
-FULL_CELL_TIMEOUT = 5400
+FULL_CELL_TIMEOUT = 14400
 #: Longest wait of one poll on the kernel's shell / iopub channel (seconds); see the module doc.
 POLL_SLICE = 1.0
 
