@@ -51,6 +51,7 @@ def test_converges_by_fraction_or_absolute():
     assert verdicts.converges("k", runs, ("fkl",)).status == HOLDS
     assert verdicts.converges("k", runs, ("fkl", "rkl"), absolute=3.0).status == HOLDS
     assert verdicts.converges("k", runs, ("fkl", "rkl"), fraction=0.25).status == HOLDS
+    assert verdicts.converges("k", runs, ("fkl",), label="bimodal").claim.startswith("bimodal: FKL")
     with pytest.raises(ValueError, match="not both"):
         verdicts.converges("k", runs, fraction=0.1, absolute=1.0)
 
@@ -80,6 +81,10 @@ def test_w_verdicts():
              "rkl": {"over_pushed_up": 0.3, "over_pushed_up_mass": 0.2}}
     assert verdicts.rkl_sign_flip("k", signs, "x").status == HOLDS
     assert verdicts.rkl_sign_flip("k", signs, "x", threshold=0.5).status == FAILS
+    rounding = {**signs, "fkl": {"over_pushed_up": 1e-9, "over_pushed_up_mass": 1e-12}}
+    assert verdicts.rkl_sign_flip("k", rounding, "x").status == HOLDS
+    wrong = {**signs, "fkl": {"over_pushed_up": 0.01, "over_pushed_up_mass": 0.01}}
+    assert verdicts.rkl_sign_flip("k", wrong, "x").status == FAILS
 
 
 def test_score_verdicts():

@@ -212,16 +212,19 @@ def gradient_sign_stats(
     'over_pushed_up': share of over-predicted entries (q > p) whose logit the loss pushes UP
     (gradient < 0); 'over_pushed_up_mass': the excess mass sum(q - p) on those entries, as a
     share of the whole excess; 'under_pushed_down': share of under-predicted entries (q < p)
-    pushed DOWN. FKL's gradient is q - p, so both shares are 0 for FKL; RKL's gradient
-    q (log(q/p) - KL(q||p)) has the opposite sign wherever 0 < log(q/p) < KL(q||p).
+    pushed DOWN. FKL's gradient is q - p, so both shares are 0 for FKL (up to float64
+    rounding on entries where q and p agree to ~1e-16); RKL's gradient q (log(q/p) - KL(q||p))
+    has the opposite sign wherever 0 < log(q/p) < KL(q||p).
     """
     s, t = _pair(student_logits, teacher_logits)
     # per loss: over-predicted entries, of them pushed up, their excess mass, of it pushed up,
-    # under-predicted entries, of them pushed down
+    # under-predicted entries, of them pushed down. In float64: in float32 the sign of a tiny
+    # q - p and of FKL's gradient q - p can disagree by rounding.
     acc = {name: np.zeros(6) for name in losses}
     for sl in _chunks(s.shape[0]):
-        grads = loss_gradients(s[sl], t[sl], losses)
-        q, p = torch.softmax(s[sl], -1), torch.softmax(t[sl], -1)
+        s64, t64 = s[sl].double(), t[sl].double()
+        grads = loss_gradients(s64, t64, losses)
+        q, p = torch.softmax(s64, -1), torch.softmax(t64, -1)
         over, under = q > p, q < p
         excess = (q - p).clamp_min(0.0)
         for name, g in grads.items():

@@ -283,7 +283,6 @@ def _versions() -> dict[str, str]:
         import torch
 
         out["torch"] = torch.__version__
-        out["torch_threads"] = str(torch.get_num_threads())
     except ImportError:  # pragma: no cover
         pass
     out["cpu_count"] = str(os.cpu_count())
@@ -324,6 +323,7 @@ def publish(
             "wall_seconds": round(seconds, 1),
             "executed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "environment": _versions(),
+            "polls_recovered_by_slicing": nb.metadata.get("akl_lost_wakeups"),
             "verdicts": found,
         }
         html_path = out / f"{src.stem}.html"
