@@ -153,7 +153,7 @@ def test_gradient_rank_figure_colours_over_and_under_prediction():
     student, teacher = torch.randn(1, 500, generator=g), torch.randn(1, 500, generator=g) * 3
     by_rank = analysis.gradient_by_rank(student, teacher, ["fkl", "rkl"])
     fig = viz.gradient_rank_figure(by_rank, ["fkl", "rkl"])
-    assert fig.layout.xaxis2.type == "log"
+    assert fig.layout.xaxis.type == "log" and fig.layout.xaxis2.type == "log"
     over = [t for t in fig.data if t.name.startswith("q > p")]
     assert len(over) == 2
     n_points = sum(len(t.x) for t in fig.data[:2])

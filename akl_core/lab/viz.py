@@ -221,7 +221,7 @@ def snapshot_panels(
     if log_y:
         fig.update_yaxes(type="log")
     fig.update_layout(title={"text": title}, legend_title_text="distribution",
-                      height=380, width=max(600, 320 * len(steps)))
+                      height=380)  # width: the container's (a fixed width overflows pages)
     return fig
 
 
@@ -654,8 +654,7 @@ def seed_band_curves(
         fig.update_xaxes(title_text="step", row=1, col=c)
         if log_y:
             fig.update_yaxes(type="log", row=1, col=c)
-    fig.update_layout(title={"text": title}, legend_title_text="loss", height=380,
-                      width=max(700, 330 * len(keys)))
+    fig.update_layout(title={"text": title}, legend_title_text="loss", height=380)
     return fig
 
 
@@ -729,7 +728,8 @@ def gradient_rank_figure(
                               "q %{customdata[1]:.3g}<extra></extra>"), row=r, col=1)
         fig.add_hline(y=0.0, line_dash="dash", line_color="black", row=r, col=1)
         fig.update_yaxes(title_text="push (up > 0)", row=r, col=1)
-    fig.update_xaxes(type="log", title_text="teacher rank of the token (1 = most probable)",
+    fig.update_xaxes(type="log")  # every panel: shared x axes must share their type too
+    fig.update_xaxes(title_text="teacher rank of the token (1 = most probable)",
                      row=len(losses), col=1)
     fig.update_layout(title={"text": title}, legend_title_text="token", height=200 + 230 *
                       len(losses))
@@ -760,8 +760,7 @@ def sweep_figure(
         fig.update_xaxes(title_text=names.get(x, x), row=1, col=c)
         if key in log_keys:
             fig.update_yaxes(type="log", row=1, col=c)
-    fig.update_layout(title={"text": title}, legend_title_text="quantity", height=360,
-                      width=max(700, 300 * len(keys)))
+    fig.update_layout(title={"text": title}, legend_title_text="quantity", height=360)
     return fig
 
 
@@ -804,6 +803,5 @@ def seed_scores_figure(
                               annotation_text=f"{ref_label} {float(v):.3g}",
                               annotation_position="top left")
         fig.update_yaxes(title_text=EVAL_LABELS.get(metric, metric), row=1, col=c)
-    fig.update_layout(title={"text": title}, legend_title_text="points", height=440,
-                      width=max(700, 420 * len(metrics)))
+    fig.update_layout(title={"text": title}, legend_title_text="points", height=440)
     return fig
