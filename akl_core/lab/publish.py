@@ -181,8 +181,10 @@ def execute_notebook(
                        "request was lost or never read")
             else:
                 why = "the kernel was running it (too slow for the limit, or stuck in the cell)"
+            what = "stopped" if isinstance(exc, DeadKernelError) else (
+                f"did not finish within {timeout} s")
             raise NotebookCellError(
-                f"{src.name}: {where} did not finish within {timeout} s; {why}\n"
+                f"{src.name}: {where} {what}; {why}\n"
                 f"--- cell source (start) ---\n{source}") from None
     nb.metadata["akl_lost_wakeups"] = client.lost_wakeups
     return nb
