@@ -1,88 +1,39 @@
 """Shared helpers to execute the project's notebooks in tests.
 
-run_notebook(path, timeout=600, small=True) executes a temporary copy with nbclient (kernel
-"python3", cwd = repository root, env AKL_SMALL=1 when small) and returns the executed notebook;
-a failing cell raises NotebookCellError naming the cell. assert_no_outputs(path) checks that the
-committed file carries no outputs.
+run_notebook(path, timeout=180, small=True) executes a temporary copy (akl_core.lab.publish.
+execute_notebook: kernel "python3", cwd = repository root, AKL_SMALL=1 when small) and returns
+the executed notebook. A failing cell raises NotebookCellError naming the cell, and so does a
+cell that runs longer than `timeout` seconds (with whether the kernel was still busy with it).
+
+The ~10-minute stall of the notebook tests: a lost wake-up of nbclient's zmq.asyncio poll left
+a finished cell's execute_reply unread in the client's shell socket until the poll's timeout,
+which was the whole cell timeout (600 s); execute_notebook polls in 1-second slices instead (see
+akl_core/lab/publish.py). assert_no_outputs(path) checks that the committed file is clean.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+
+from akl_core.lab.publish import NotebookCellError, execute_notebook
+from akl_core.lab.verdicts import from_outputs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-
-class NotebookCellError(AssertionError):
-    """A notebook cell raised while executing; the message names the cell and the error."""
-
-
-def _failing_cell(nb: nbformat.NotebookNode) -> tuple[int, nbformat.NotebookNode] | None:
-    for index, cell in enumerate(nb.cells):
-        if cell.cell_type != "code":
-            continue
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "error":
-                return index, cell
-    return None
+__all__ = ["NotebookCellError", "assert_no_outputs", "cell_text", "figures", "run_notebook",
+           "verdict_map"]
 
 
 def run_notebook(
-    path: str | os.PathLike[str], timeout: int = 600, small: bool = True
+    path: str | os.PathLike[str], timeout: int = 180, small: bool = True,
+    startup_timeout: int = 120,
 ) -> nbformat.NotebookNode:
-    """Execute a copy of the notebook at `path` and return the executed notebook.
-
-    The kernel runs in the repository root with PYTHONPATH including it, and with AKL_SMALL=1
-    when `small` (the notebook's first code cell then picks its small settings). The original
-    file is never modified.
-    """
-    src = Path(path)
-    if not src.is_absolute():
-        src = REPO_ROOT / src
-    if not src.exists():
-        raise FileNotFoundError(f"notebook not found: {src}")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-    )
-    if small:
-        env["AKL_SMALL"] = "1"
-    else:
-        env.pop("AKL_SMALL", None)
-    env.setdefault("MPLBACKEND", "Agg")
-    with tempfile.TemporaryDirectory(prefix="akl-nb-") as tmp:
-        copy = Path(tmp) / src.name
-        shutil.copyfile(src, copy)
-        nb = nbformat.read(copy, as_version=4)
-        client = NotebookClient(
-            nb,
-            timeout=timeout,
-            kernel_name="python3",
-            resources={"metadata": {"path": str(REPO_ROOT)}},
-        )
-        try:
-            client.execute(env=env, cwd=str(REPO_ROOT))
-        except CellExecutionError as exc:
-            found = _failing_cell(nb)
-            if found is None:
-                raise NotebookCellError(f"{src.name}: execution failed: {exc}") from exc
-            index, cell = found
-            err = next(o for o in cell.outputs if o.get("output_type") == "error")
-            code_index = sum(1 for c in nb.cells[:index] if c.cell_type == "code")
-            source = "\n".join(cell.source.splitlines()[:15])
-            raise NotebookCellError(
-                f"{src.name}: cell {index} (code cell #{code_index + 1}) failed with "
-                f"{err.get('ename')}: {err.get('evalue')}\n--- cell source (start) ---\n{source}"
-            ) from None
-        nbformat.write(nb, copy)
-    return nb
+    """Execute a copy of the notebook at `path`; `timeout` is per cell (seconds)."""
+    return execute_notebook(path, small=small, cell_timeout=timeout,
+                            startup_timeout=startup_timeout)
 
 
 def assert_no_outputs(path: str | os.PathLike[str]) -> None:
@@ -97,6 +48,7 @@ def assert_no_outputs(path: str | os.PathLike[str]) -> None:
         if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count"))
     ]
     assert not dirty, f"{src.name}: cells {dirty} carry outputs; strip them before committing"
+    assert "widgets" not in nb.metadata, f"{src.name}: notebook metadata carries widget state"
 
 
 def cell_text(nb: nbformat.NotebookNode) -> str:
@@ -109,3 +61,24 @@ def cell_text(nb: nbformat.NotebookNode) -> str:
             elif "data" in out and "text/plain" in out["data"]:
                 parts.append(out["data"]["text/plain"])
     return "\n".join(parts)
+
+
+def figures(nb: nbformat.NotebookNode) -> list[dict]:
+    """The plotly figures (as dicts) an executed notebook displayed, in order."""
+    import json
+
+    out = []
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            fig = o.get("data", {}).get("application/vnd.plotly.v1+json")
+            if fig is not None:
+                out.append(json.loads(fig) if isinstance(fig, str) else fig)
+    return out
+
+
+def verdict_map(nb: nbformat.NotebookNode) -> dict[str, dict]:
+    """{key: verdict dict} of every verdict the notebook reported (keys must be unique)."""
+    found = from_outputs(nb)
+    keys = [v["key"] for v in found]
+    assert len(keys) == len(set(keys)), f"duplicate verdict keys: {keys}"
+    return {v["key"]: v for v in found}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
-from akl_core.lab.evaluate import distinct_n, evaluate, generate, rouge_l, text_scores
+from akl_core.lab.evaluate import distinct_n, evaluate, generate, rouge_l, sample, text_scores
 from tests import small_lm
 
 
@@ -68,21 +69,78 @@ def test_evaluate_report(teacher):
     assert result["n_examples"] == 3 and len(result["generations"]) == 3
     g = result["generations"][0]
     assert set(g) == {"id", "instruction", "context", "student", "teacher", "gold"}
+    assert "sampled" not in result
     assert result["generations"][2]["gold"] is None
     assert result["student"]["n_gold"] == 2
-    assert result["teacher"]["rougeL_teacher"] == 100.0
     assert 0.0 <= result["student"]["rougeL_teacher"] <= 100.0
     assert any("teacher" in s for s in stages) and any("student" in s for s in stages)
-    # the teacher evaluated as a student reproduces its own responses exactly
-    same = evaluate(teacher, exs, teacher_responses=[x["teacher"] for x in result["generations"]],
-                    max_new_tokens=5)
-    assert same["student"]["rougeL_teacher"] == pytest.approx(100.0) or all(
-        not x["teacher"] for x in result["generations"])
+    # the scores are those of the texts in the report, recomputed independently here
+    t_texts = [x["teacher"] for x in result["generations"]]
+    s_texts = [x["student"] for x in result["generations"]]
+    assert all(t_texts), "the small teacher must say something for this test to mean anything"
+    assert result["student"]["rougeL_teacher"] == pytest.approx(rouge_l(s_texts, t_texts))
+    assert result["student"]["rougeL_gold"] == pytest.approx(
+        rouge_l(s_texts[:2], [e.response for e in exs[:2]]))
+    # the teacher's Rouge-L against its own responses is measured, not assumed
+    assert result["teacher"]["rougeL_teacher"] == pytest.approx(rouge_l(t_texts, t_texts))
+    assert result["teacher"]["rougeL_gold"] == pytest.approx(
+        rouge_l(t_texts[:2], [e.response for e in exs[:2]]))
+    # the teacher evaluated as a student reproduces its own (non-empty) responses exactly
+    same = evaluate(teacher, exs, teacher_responses=t_texts, max_new_tokens=5)
+    assert [x["student"] for x in same["generations"]] == t_texts
+    assert same["student"]["rougeL_teacher"] == pytest.approx(100.0)
     assert same["student"]["distinct_1"] == pytest.approx(result["teacher"]["distinct_1"])
     with pytest.raises(ValueError, match="2 teacher responses for 3"):
         evaluate(student, exs, teacher_responses=["a", "b"])
     with pytest.raises(ValueError, match="no examples"):
         evaluate(student, [])
+
+
+def test_teacher_rouge_against_itself_is_not_hard_coded(teacher):
+    """An empty teacher response scores 0 against itself (rouge-score's convention), so the
+    teacher's own Rouge-L is below 100 when one of its responses is empty."""
+    exs = small_lm.examples(2, split="test")
+    student = small_lm.small_student(teacher, seed=5)
+    result = evaluate(student, exs, teacher_responses=["a real answer", ""], max_new_tokens=2)
+    assert result["teacher"]["rougeL_teacher"] == pytest.approx(50.0)
+
+
+def test_sampled_decoding_is_seeded_and_scored(teacher):
+    exs = small_lm.examples(3, split="test")
+    student = small_lm.small_student(teacher, seed=5)
+    torch.manual_seed(1234)
+    before = torch.rand(1)
+    torch.manual_seed(1234)
+    a = sample(student, exs, n_samples=3, seed=7, max_new_tokens=6, batch_size=2)
+    after = torch.rand(1)
+    assert torch.equal(before, after), "sampling must not move the caller's RNG"
+    assert len(a) == 3 and all(len(row) == 3 for row in a)
+    assert a == sample(student, exs, n_samples=3, seed=7, max_new_tokens=6, batch_size=2)
+    # sample set j uses seed + j: sets 1.. of seed 7 are sets 0.. of seed 8
+    b = sample(student, exs, n_samples=2, seed=8, max_new_tokens=6, batch_size=2)
+    assert [row[1:] for row in a] == b
+    # a random student samples differently in different sets, and unlike its greedy answer
+    assert len({tuple(row[j] for row in a) for j in range(3)}) > 1
+    greedy = generate(student, exs, max_new_tokens=6)
+    assert any(g not in row for g, row in zip(greedy, a))
+    result = evaluate(student, exs, teacher_responses=greedy, max_new_tokens=6, batch_size=2,
+                      samples=3, sample_seed=7)
+    json.dumps(result, allow_nan=False)
+    sampled = result["sampled"]
+    assert sampled["n_samples"] == 3 and len(sampled["per_sample"]) == 3
+    assert [g["student_samples"] for g in result["generations"]] == a
+    per = [rouge_l([row[j] for row in a], greedy) for j in range(3)]
+    assert sampled["student"]["rougeL_teacher"] == pytest.approx(sum(per) / 3)
+    mean = sum(per) / 3
+    std = (sum((x - mean) ** 2 for x in per) / 3) ** 0.5
+    assert sampled["student_std"]["rougeL_teacher"] == pytest.approx(std)
+    assert result["student"]["rougeL_teacher"] == pytest.approx(100.0)  # greedy vs itself
+    for bad, match in [({"n_samples": 0}, "n_samples"), ({"top_p": 0.0}, "top_p"),
+                       ({"temperature": 0.0}, "temperature"), ({"seed": -1}, "seed")]:
+        with pytest.raises(ValueError, match=match):
+            sample(student, exs, **bad)
+    with pytest.raises(ValueError, match="samples"):
+        evaluate(student, exs, samples=-1)
 
 
 @pytest.mark.slow

@@ -328,3 +328,82 @@ def test_full_vocabulary_rows_run():
     assert res.history["fkl"][-1] < res.history["fkl"][0]
     with pytest.raises(ValueError, match="snapshot_rows"):
         toy.train_free_logits(logits, "fkl", steps=1, target_type="logits", snapshot_rows=[4])
+
+
+# ---------------------------------------------------------------------------------------------
+# one head for the loss and its diagnostics; realistic starts; tail regions
+# ---------------------------------------------------------------------------------------------
+
+
+def test_diagnostics_use_the_head_the_loss_trains_with():
+    """params={'mu': 0.8} must also set the recorded g_head / g_tail / w (one head, not two)."""
+    t = toy.fig3_long_tail()
+    teacher = torch.tensor(t.log_probs, dtype=torch.float32)
+    res = toy.train_free_logits(t, "akl", steps=6, lr=0.2, params={"mu": 0.8},
+                                snapshot_steps=[3])
+    assert res.mu == 0.8 and res.params["mu"] == 0.8
+    student = torch.log(torch.tensor(res.snapshots[3]))
+    ht = akl_core.head_tail(student, teacher, mu=0.8)
+    assert res.at(3, "w") == pytest.approx(float(ht.w), abs=1e-5)
+    assert res.at(3, "g_head") == pytest.approx(float(ht.g_head), abs=1e-5)
+    # the head at mu 0.5 is a different one: the diagnostics would differ
+    assert abs(float(akl_core.head_tail(student, teacher, mu=0.5).w) - float(ht.w)) > 1e-3
+    # same through the mu argument; a conflict is refused
+    same = toy.train_free_logits(t, "akl", steps=6, lr=0.2, mu=0.8, snapshot_steps=[3])
+    np.testing.assert_array_equal(same.history["w"], res.history["w"])
+    with pytest.raises(ValueError, match="mu given twice"):
+        toy.train_free_logits(t, "akl", steps=2, mu=0.5, params={"mu": 0.8})
+    with pytest.raises(ValueError, match="boundary given twice"):
+        toy.train_free_logits(t, "akl_r", steps=2, boundary="paper",
+                              params={"boundary": "reference"})
+    # losses without a head: mu only sets the diagnostics' split
+    fkl = toy.train_free_logits(t, "fkl", steps=2, mu=0.8)
+    assert fkl.mu == 0.8 and "mu" not in fkl.params
+
+
+def test_init_logits_start_and_regions():
+    rng = np.random.default_rng(3)
+    teacher = rng.normal(size=(3, 40)) * 3
+    start = rng.normal(size=(3, 40))
+    res = toy.train_free_logits(teacher, "rkl", steps=4, lr=0.1, target_type="logits",
+                                init_logits=start, snapshot_steps=[0])
+    np.testing.assert_allclose(res.snapshots[0], torch.softmax(torch.tensor(start), -1).numpy(),
+                               rtol=1e-5)
+    assert isinstance(start, np.ndarray)  # the caller's array is not trained in place
+    far = np.zeros((3, 40), dtype=bool)
+    far[:, 20:] = True
+    res = toy.train_free_logits(teacher, "fkl", steps=3, lr=0.1, target_type="logits",
+                                init_logits=start, regions={"far": far}, snapshot_steps=[2],
+                                per_row=True)
+    q = res.snapshots[2]
+    p = torch.softmax(torch.tensor(teacher), -1).numpy()
+    l1 = (np.abs(p - q) * far).sum(-1)
+    logabs = (np.abs(np.log(q) - np.log(p)) * far).sum(-1) / far.sum(-1)
+    np.testing.assert_allclose(res.rows["l1_far"][2], l1, rtol=1e-4)
+    np.testing.assert_allclose(res.rows["logabs_far"][2], logabs, rtol=1e-4)
+    with pytest.raises(ValueError, match="init_logits has shape"):
+        toy.train_free_logits(teacher, "fkl", steps=1, target_type="logits",
+                              init_logits=start[:2])
+    with pytest.raises(ValueError, match="finite"):
+        toy.train_free_logits(teacher, "fkl", steps=1, target_type="logits",
+                              init_logits=np.full((3, 40), np.nan))
+    with pytest.raises(ValueError, match="boolean"):
+        toy.train_free_logits(teacher, "fkl", steps=1, target_type="logits",
+                              regions={"far": far.astype(float)})
+    with pytest.raises(ValueError, match="identifiers"):
+        toy.train_free_logits(teacher, "fkl", steps=1, target_type="logits",
+                              regions={"far tail": far})
+
+
+def test_long_tail_head_first_depends_on_the_step():
+    """Fig. 3 at lr 0.2: FKL's head gap is below RKL's for steps 1-19, not at 20-25 (RKL's
+    gap falls through FKL's), below again after; the toy's head-first claim is step-bound."""
+    from akl_core.lab import analysis
+
+    t = toy.fig3_long_tail()
+    runs = {name: toy.train_free_logits(t, name, steps=40, lr=0.2, seed=1)
+            for name in ("fkl", "rkl")}
+    cmp = analysis.head_first_over_steps(runs["fkl"], runs["rkl"])
+    assert cmp["flip_step"] == 20
+    not_below = [s for s in range(1, 41) if s not in cmp["first_below"]]
+    assert not_below == [20, 21, 22, 23, 24, 25]

@@ -113,3 +113,70 @@ def test_shape_mismatch_raises():
         viz.distribution_figure([0, 1], [0.5, 0.5], {"fkl": [1.0]})
     with pytest.raises(ValueError):
         viz.distribution_figure([0, 1], [0.5, 0.5], head_mask=[True])
+
+
+# --- figures of notebooks 02 and 03: seeds with spread, differences, gradients, sweeps ---------
+
+
+def test_seed_band_curves_mean_and_range():
+    runs = {"fkl": [{"step": [0, 1, 2], "g_head": [1.0, 0.5, 0.2]},
+                    {"step": [0, 1, 2], "g_head": [1.0, 0.6, 0.4]},
+                    {"step": [0, 1, 2], "g_head": [1.0, 1.0, 0.3]}],
+            "rkl": [{"step": [0, 1, 2], "g_head": [1.0, 0.9, 0.8]}]}
+    fig = viz.seed_band_curves(runs, ["g_head"], mark_step=1, title="bands")
+    lines = [t for t in fig.data if t.mode == "lines" and t.showlegend is not False]
+    assert [t.name for t in lines] == ["fkl", "rkl"]
+    np.testing.assert_allclose(lines[0].y, [1.0, 0.7, 0.3])
+    band = [t for t in fig.data if t.fill == "toself"]
+    assert len(band) == 1  # one seed of rkl: no band
+    np.testing.assert_allclose(band[0].y, [1.0, 1.0, 0.4, 0.2, 0.5, 1.0])  # max, then min back
+    with pytest.raises(ValueError, match="different steps"):
+        viz.seed_band_curves({"a": [{"step": [0, 1], "x": [1, 2]}, {"step": [0, 2], "x": [1, 2]}]},
+                             ["x"])
+    with pytest.raises(ValueError, match="has no 'y'"):
+        viz.seed_band_curves(runs, ["y"])
+
+
+def test_difference_figure_marks_the_sign():
+    fig = viz.difference_figure([0, 1, 2, 3], [-0.2, -0.1, 0.05, -0.01])
+    below = next(t for t in fig.data if t.name == "first below second")
+    above = next(t for t in fig.data if t.name == "first not below")
+    assert list(below.x) == [0, 1, 3] and list(above.x) == [2]
+    with pytest.raises(ValueError, match="3 steps but 2"):
+        viz.difference_figure([0, 1, 2], [0.1, 0.2])
+
+
+def test_gradient_rank_figure_colours_over_and_under_prediction():
+    from akl_core.lab import analysis
+
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(1, 500, generator=g), torch.randn(1, 500, generator=g) * 3
+    by_rank = analysis.gradient_by_rank(student, teacher, ["fkl", "rkl"])
+    fig = viz.gradient_rank_figure(by_rank, ["fkl", "rkl"])
+    assert fig.layout.xaxis.type == "log" and fig.layout.xaxis2.type == "log"
+    over = [t for t in fig.data if t.name.startswith("q > p")]
+    assert len(over) == 2
+    n_points = sum(len(t.x) for t in fig.data[:2])
+    assert 100 < n_points < 500  # thinned: the first 100 ranks and ~300 log-spaced ones
+    # FKL pushes every over-predicted token down
+    assert (np.asarray(over[0].y) <= 0).all()
+    full = viz.gradient_rank_figure(by_rank, ["fkl"], max_points=None)
+    assert sum(len(t.x) for t in full.data) == 500
+    with pytest.raises(ValueError, match="has no 'akl'"):
+        viz.gradient_rank_figure(by_rank, ["akl"])
+
+
+def test_sweep_and_seed_scores_figures():
+    rows = [{"mu": 0.1, "a": 1.0, "b": 0.2}, {"mu": 0.5, "a": 2.0, "b": 0.3}]
+    fig = viz.sweep_figure(rows, "mu", ["a", "b"], labels={"a": "A"}, log_keys=["a"])
+    assert fig.layout.yaxis.type == "log" and fig.layout.annotations[0].text == "A"
+    tables = {"sampled rougeL_gold": {"fkl": [10.0, 12.0], "akl": [11.0, None]}}
+    fig = viz.seed_scores_figure(tables, reference={"teacher": {"sampled rougeL_gold": 20.0}})
+    bar = next(t for t in fig.data if isinstance(t, go.Bar))
+    np.testing.assert_allclose(bar.y, [11.0, 11.0])
+    np.testing.assert_allclose(bar.error_y.array, [1.0, 0.0])
+    dots = next(t for t in fig.data if t.name == "one seed")
+    assert list(dots.x) == ["fkl", "fkl", "akl"]
+    assert any("teacher 20" in a.text for a in fig.layout.annotations)
+    with pytest.raises(ValueError, match="empty"):
+        viz.sweep_figure([], "mu", ["a"])

@@ -1,10 +1,15 @@
-"""Evaluation by generation: greedy, bounded responses on test prompts, Rouge-L and distinct-n.
+"""Evaluation by generation: bounded responses on test prompts, Rouge-L and distinct-n.
+
+Greedy decoding always; with `samples=k` also k sampled responses per prompt (pure sampling:
+temperature 1, top-p 1, no top-k by default, as in the MiniLLM evaluation scripts the paper's
+code builds on), sample set j drawn with torch seed `sample_seed + j`, scores averaged over the
+k sets (their standard deviation is reported too).
 
 Rouge-L (F-measure x 100, the `rouge-score` package, stemming on) is computed against the
 teacher's responses and, when the data has them, against gold references. Distinct-n is the
 number of distinct n-grams over the total number of n-grams in all responses (whitespace
-tokens, lower-cased). The teacher's own scores (against gold, and its distinct-n) are reported
-for scale.
+tokens, lower-cased). The teacher's own scores (against gold, its distinct-n, and its Rouge-L
+against its own responses, which is 100 unless a response is empty) are reported for scale.
 """
 
 from __future__ import annotations
@@ -112,6 +117,10 @@ def evaluate(
     max_new_tokens: int = 64,
     batch_size: int = 8,
     progress: Progress | None = None,
+    samples: int = 0,
+    sample_seed: int = 0,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
 ) -> dict[str, Any]:
     """Evaluate `student` on `examples` (akl_core.lab.data.Example, gold in `.response` if any).
 
@@ -119,7 +128,10 @@ def evaluate(
     with the same settings; with neither, only gold Rouge-L and diversity are reported.
     Returns a JSON-able dict: {"student": scores, "teacher": scores or None, "n_examples",
     "max_new_tokens", "seconds", "generations": [{id, instruction, context, student, teacher,
-    gold}]}, scores as in `text_scores` (Rouge-L x 100).
+    gold}]}, scores as in `text_scores` (Rouge-L x 100) of the greedy responses.
+    samples > 0 adds "sampled": {"n_samples", "seed", "temperature", "top_p", "student" (mean
+    scores over the sample sets), "student_std", "per_sample"} and each generation's
+    "student_samples" (see `sample`).
     """
     examples = list(examples)
     if not examples:
@@ -134,8 +146,15 @@ def evaluate(
         if len(teacher_responses) != len(examples):
             raise ValueError(f"{len(teacher_responses)} teacher responses for "
                              f"{len(examples)} examples")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+        raise ValueError(f"samples must be a non-negative integer, got {samples!r}")
     student_out = generate(student, examples, max_new_tokens=max_new_tokens,
                            batch_size=batch_size, progress=_prefixed(progress, "student"))
+    sampled = None
+    if samples:
+        sampled = sample(student, examples, n_samples=samples, seed=sample_seed,
+                         temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                         batch_size=batch_size, progress=_prefixed(progress, "student samples"))
     gold = [getattr(ex, "response", None) or None for ex in examples]
     has_gold = any(gold)
     result: dict[str, Any] = {
@@ -146,9 +165,15 @@ def evaluate(
         "max_new_tokens": max_new_tokens,
     }
     if teacher_responses is not None:
-        t_scores = text_scores(teacher_responses, gold=gold if has_gold else None)
-        t_scores["rougeL_teacher"] = 100.0
-        result["teacher"] = t_scores
+        result["teacher"] = text_scores(teacher_responses, teacher=teacher_responses,
+                                        gold=gold if has_gold else None)
+    if sampled is not None:
+        per_sample = [text_scores([row[j] for row in sampled], teacher=teacher_responses,
+                                  gold=gold if has_gold else None) for j in range(samples)]
+        mean, std = _mean_std(per_sample)
+        result["sampled"] = {"n_samples": samples, "seed": sample_seed,
+                             "temperature": temperature, "top_p": top_p, "student": mean,
+                             "student_std": std, "per_sample": per_sample}
     result["generations"] = [
         {
             "id": str(getattr(ex, "id", i)),
@@ -157,15 +182,117 @@ def evaluate(
             "student": s,
             "teacher": teacher_responses[i] if teacher_responses is not None else None,
             "gold": gold[i],
+            **({"student_samples": sampled[i]} if sampled is not None else {}),
         }
         for i, (ex, s) in enumerate(zip(examples, student_out))
     ]
     result["seconds"] = time.perf_counter() - start
     for part in ("student", "teacher"):
         if result[part]:
-            result[part] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                            for k, v in result[part].items()}
+            result[part] = _finite(result[part])
+    if sampled is not None:
+        for part in ("student", "student_std"):
+            result["sampled"][part] = _finite(result["sampled"][part])
+        result["sampled"]["per_sample"] = [_finite(x) for x in result["sampled"]["per_sample"]]
     return result
+
+
+def _finite(scores: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in scores.items()}
+
+
+def _mean_std(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per key: mean and standard deviation (ddof=0) over rows; None where a row has None."""
+    mean: dict[str, Any] = {}
+    std: dict[str, Any] = {}
+    for key in rows[0]:
+        vals = [r[key] for r in rows]
+        if any(v is None for v in vals):
+            mean[key] = std[key] = None
+            continue
+        m = sum(vals) / len(vals)
+        mean[key] = m
+        std[key] = math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals))
+    return mean, std
+
+
+def sample(
+    bundle: Any,
+    examples: Sequence[Any],
+    *,
+    n_samples: int = 4,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+) -> list[list[str]]:
+    """`n_samples` sampled responses per example: out[i][j] is example i's sample j.
+
+    Same prompts and stopping as `generate`; ancestral sampling from softmax(logits /
+    temperature), nucleus-cut at `top_p` (1.0 = no cut), no top-k. Sample set j is drawn with
+    torch's generator seeded `seed + j` (batches in prompt-length order), so a run is
+    reproducible for the same seed, batch_size and device; the caller's RNG state is restored.
+    """
+    from akl_core.lab import data
+
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(temperature, (int, float)) or not (0 < temperature < math.inf):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if not isinstance(top_p, (int, float)) or not (0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    import torch
+
+    examples = list(examples)
+    prompts = [data.chat_prompt(bundle.tokenizer, ex) for ex in examples]
+    tokenizer, model = bundle.tokenizer, bundle.model
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[list[str]] = [[""] * n_samples for _ in prompts]
+    total = n_samples * len(prompts)
+    done = 0
+    was_training = model.training
+    model.eval()
+    devices = [bundle.device] if str(bundle.device).startswith("cuda") else []
+    try:
+        for j in range(n_samples):
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed + j)
+                for start in range(0, len(order), batch_size):
+                    idx = order[start : start + batch_size]
+                    width = max(len(encoded[i]) for i in idx)
+                    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+                    mask = torch.zeros((len(idx), width), dtype=torch.long)
+                    for row, i in enumerate(idx):
+                        ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
+                        mask[row, width - len(encoded[i]):] = 1
+                    with torch.no_grad():
+                        result = model.generate(
+                            input_ids=ids.to(bundle.device),
+                            attention_mask=mask.to(bundle.device),
+                            max_new_tokens=max_new_tokens, do_sample=True, num_beams=1,
+                            temperature=float(temperature), top_p=float(top_p), top_k=0,
+                            pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
+                        )
+                    new = result[:, width:].cpu()
+                    for row, i in enumerate(idx):
+                        out[i][j] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
+                    done += len(idx)
+                    if progress is not None:
+                        progress("sampling", done, total)
+    finally:
+        model.train(was_training)
+    return out
 
 
 def _prefixed(progress: Progress | None, who: str) -> Progress | None:

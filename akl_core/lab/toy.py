@@ -10,7 +10,7 @@ student after k updates.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -482,13 +482,15 @@ def train_free_logits(
     record: Sequence[str] = ("fkl", "rkl"),
     snapshot_steps: Sequence[int] = (),
     snapshot_rows: Sequence[int] | None = None,
-    mu: float = 0.5,
-    boundary: str = "reference",
+    mu: float | None = None,
+    boundary: str | None = None,
     optimizer: str = "adam",
     target_type: str = "probs",
     record_every: int = 1,
     per_row: bool = False,
     progress: bool | Callable[[int, int], None] = False,
+    init_logits: object = None,
+    regions: Mapping[str, object] | None = None,
 ) -> TrainResult:
     """Fit free student logits z [N, V] to a fixed target with an akl_core loss.
 
@@ -500,6 +502,12 @@ def train_free_logits(
     'akl_r' the loss uses `mu` and `boundary` unless `params` sets them; 'taid' without a fixed
     params['t'] follows akl_core.TAIDSchedule. A torch tensor target stays on its device (GPU
     works; the initialisation is drawn on the CPU, so it is the same on every device).
+    init_logits: start from these student logits [N, V] (or [V]) instead of U(0, 1), e.g. a
+    real student's own logits at the same positions; `seed` is then unused by the init.
+
+    One head for training and diagnostics: mu / boundary default to 0.5 / "reference"; for
+    'akl' / 'akl_r' a `params` entry sets them as well, and giving both with different values
+    raises ValueError. The recorded g_head, g_tail and w always use the head the loss uses.
     Cost per step: one loss forward/backward, plus one pass per recorded quantity on recorded
     steps; for large [N, V] use record_every > 1 and a short `record`.
 
@@ -507,6 +515,10 @@ def train_free_logits(
     divergence named in `record` (akl_core.per_token_divergences, default parameters), and the
     head/tail diagnostics for the split `mu`: g_head, g_tail and the AKL weight w (the teacher's
     head mask is computed once with akl_core.head_mask; gaps use the detached q).
+    regions: {name: bool mask [N, V] or [V]} of vocabulary entries (e.g. near and far tail by
+    teacher rank, akl_core.lab.analysis.rank_regions); each adds two recorded keys:
+    'l1_<name>' = sum over the region of |p - q| and 'logabs_<name>' = mean over the region of
+    |log q - log p| (closeness in log space, which L1 cannot see in a thin tail).
     """
     loss = _check_loss(loss)
     steps = _check_steps(steps)
@@ -523,9 +535,7 @@ def train_free_logits(
     if snaps and (snaps[0] < 0 or snaps[-1] > steps):
         raise ValueError(f"snapshot_steps must lie in [0, {steps}], got {list(snapshot_steps)}")
     loss_params = dict(params or {})
-    if loss in ("akl", "akl_r"):
-        loss_params.setdefault("mu", mu)
-        loss_params.setdefault("boundary", boundary)
+    mu, boundary = _one_head(loss, loss_params, mu, boundary)
     loss_params = akl_core.resolve_params(loss, **loss_params)
     schedule = None
     if loss == "taid" and "t" not in (params or {}):
@@ -541,14 +551,21 @@ def train_free_logits(
         rows_idx = torch.tensor(picked, dtype=torch.long, device=teacher.device)
 
     with torch.no_grad():
-        p = torch.softmax(teacher, dim=-1)
+        log_p = torch.log_softmax(teacher, dim=-1)
+        p = log_p.exp()
         head = akl_core.head_mask(teacher, mu=mu, boundary=boundary)
-    gen = torch.Generator().manual_seed(int(seed))
-    z = torch.rand(n_rows, vocab, generator=gen, dtype=torch.float32).to(teacher.device)
+    region_masks = _region_masks(regions, n_rows, vocab, teacher.device)
+    if init_logits is None:
+        gen = torch.Generator().manual_seed(int(seed))
+        z = torch.rand(n_rows, vocab, generator=gen, dtype=torch.float32).to(teacher.device)
+    else:
+        z = _init_logits(init_logits, n_rows, vocab, teacher.device)
     z.requires_grad_(True)
     opt = _make_optimizer(optimizer, z, lr)
 
     keys = ["loss", *record, "g_head", "g_tail", "w"]
+    for name in region_masks:
+        keys += [f"l1_{name}", f"logabs_{name}"]
     rec_steps: list[int] = []
     rec: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     snapshots: dict[int, np.ndarray] = {}
@@ -594,6 +611,13 @@ def train_free_logits(
                 rec["g_head"].append(g_head)
                 rec["g_tail"].append(g_tail)
                 rec["w"].append(w)
+                if region_masks:
+                    log_q = torch.log_softmax(zd, dim=-1)
+                    for name, (mask, count) in region_masks.items():
+                        rec[f"l1_{name}"].append(
+                            ((p - log_q.exp()).abs() * mask).sum(-1))
+                        rec[f"logabs_{name}"].append(
+                            ((log_q - log_p).abs() * mask).sum(-1) / count)
         if last:
             break
         opt.zero_grad(set_to_none=True)
@@ -622,6 +646,67 @@ def train_free_logits(
         final_q=final_q[0] if single else final_q,
         rows=stacked if per_row else {},
     )
+
+
+def _one_head(
+    loss: str, loss_params: dict, mu: float | None, boundary: str | None
+) -> tuple[float, str]:
+    """The single (mu, boundary) used by the loss and by the diagnostics; fills loss_params."""
+    uses_head = loss in ("akl", "akl_r")
+    for key, arg in (("mu", mu), ("boundary", boundary)):
+        if uses_head and key in loss_params and arg is not None and loss_params[key] != arg:
+            raise ValueError(
+                f"{key} given twice with different values ({key}={arg!r}, "
+                f"params[{key!r}]={loss_params[key]!r}); the loss and its diagnostics use "
+                f"one head: give it once"
+            )
+    if uses_head:
+        mu = loss_params.get("mu", mu)
+        boundary = loss_params.get("boundary", boundary)
+    mu = 0.5 if mu is None else mu
+    boundary = "reference" if boundary is None else boundary
+    if uses_head:
+        loss_params["mu"], loss_params["boundary"] = mu, boundary
+    return mu, boundary  # validated by resolve_params / head_mask
+
+
+def _init_logits(init: object, n_rows: int, vocab: int, device: torch.device) -> torch.Tensor:
+    """Starting student logits [N, V] (float32, a fresh leaf) from a tensor or array."""
+    if isinstance(init, torch.Tensor):
+        z = init.detach().to(device=device, dtype=torch.float32).clone()
+    else:
+        try:
+            z = torch.as_tensor(np.asarray(init, dtype=np.float32), device=device).clone()
+        except (TypeError, ValueError):
+            raise ValueError("init_logits must be an array of numbers") from None
+    if z.dim() == 1:
+        z = z[None]
+    if tuple(z.shape) != (n_rows, vocab):
+        raise ValueError(f"init_logits has shape {tuple(z.shape)}, the target {(n_rows, vocab)}")
+    if not torch.isfinite(z).all():
+        raise ValueError("init_logits must be finite (no NaN or inf)")
+    return z
+
+
+def _region_masks(
+    regions: Mapping[str, object] | None, n_rows: int, vocab: int, device: torch.device
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{name: (float mask [N, V], entries per row [N] clamped >= 1)}."""
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name, mask in (regions or {}).items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"region names must be identifiers, got {name!r}")
+        m = torch.as_tensor(mask.cpu().numpy() if hasattr(mask, "cpu") else np.asarray(mask))
+        if m.dtype != torch.bool:
+            raise ValueError(f"region {name!r} must be a boolean mask, got {m.dtype}")
+        if m.dim() == 1:
+            m = m[None].expand(n_rows, -1)
+        if tuple(m.shape) != (n_rows, vocab):
+            raise ValueError(f"region {name!r} has shape {tuple(m.shape)}, the target "
+                             f"{(n_rows, vocab)}")
+        m = m.to(device=device, dtype=torch.float32)
+        out[name] = (m, m.sum(-1).clamp_min(1.0))
+    return out
 
 
 def _make_optimizer(kind: str, z: torch.Tensor, lr: float) -> torch.optim.Optimizer:

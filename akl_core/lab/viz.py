@@ -26,6 +26,11 @@ __all__ = [
     "gap_curves",
     "divergence_curves",
     "continuous_fit_figure",
+    "seed_band_curves",
+    "difference_figure",
+    "gradient_rank_figure",
+    "sweep_figure",
+    "seed_scores_figure",
 ]
 
 #: Fixed colours per loss so a loss looks the same in every figure.
@@ -216,7 +221,7 @@ def snapshot_panels(
     if log_y:
         fig.update_yaxes(type="log")
     fig.update_layout(title={"text": title}, legend_title_text="distribution",
-                      height=380, width=max(600, 320 * len(steps)))
+                      height=380)  # width: the container's (a fixed width overflows pages)
     return fig
 
 
@@ -581,4 +586,222 @@ def token_values_figure(
     fig.update_yaxes(autorange="reversed", showticklabels=False, title_text="line")
     fig.update_layout(title={"text": title}, height=140 + 34 * rows,
                       width=max(600, 80 * per_row), legend_title_text=value_label)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Seeds with spread, step-by-step differences, gradients by teacher rank, sweeps
+# ----------------------------------------------------------------------------------------------
+
+LABELS.setdefault("l1_head", "head: sum |p - q|")
+LABELS.setdefault("l1_near", "near tail: sum |p - q|")
+LABELS.setdefault("l1_far", "far tail: sum |p - q|")
+LABELS.setdefault("logabs_near", "near tail: mean |log q - log p|")
+LABELS.setdefault("logabs_far", "far tail: mean |log q - log p|")
+
+
+def _rgba(color: str, alpha: float) -> str:
+    c = color.lstrip("#")
+    r, g, b = (int(c[i : i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r}, {g}, {b}, {alpha})"
+
+
+def seed_band_curves(
+    runs: Mapping[str, Sequence[Any]],
+    keys: Sequence[str],
+    *,
+    title: str = "Mean over seeds (line) and min-max over seeds (band)",
+    log_y: bool = False,
+    mark_step: int | None = None,
+) -> go.Figure:
+    """One panel per key; per loss a line (mean over seeds) and a band (min to max over seeds).
+
+    runs: {label: [history per seed]} (TrainResult or mapping with 'step'); all histories of a
+    label must share their steps. mark_step draws a dotted vertical line (e.g. the early step).
+    """
+    if not runs:
+        raise ValueError("runs is empty: nothing to plot")
+    keys = list(keys)
+    if not keys:
+        raise ValueError("keys is empty")
+    fig = make_subplots(rows=1, cols=len(keys), subplot_titles=[LABELS.get(k, k) for k in keys],
+                        horizontal_spacing=0.06)
+    for c, key in enumerate(keys, start=1):
+        for i, (label, seeds) in enumerate(runs.items()):
+            if not seeds:
+                raise ValueError(f"run {label!r} has no seeds")
+            hists = [_history(h, label) for h in seeds]
+            steps = _arr(hists[0]["step"], "step")
+            for h in hists:
+                if key not in h:
+                    raise ValueError(f"history {label!r} has no {key!r}; it has {sorted(h)}")
+                if not np.array_equal(_arr(h["step"], "step"), steps):
+                    raise ValueError(f"the seeds of {label!r} were recorded at different steps")
+            vals = np.stack([_arr(h[key], key) for h in hists])
+            color = loss_color(label, i)
+            if vals.shape[0] > 1:
+                fig.add_trace(go.Scatter(
+                    x=np.concatenate([steps, steps[::-1]]),
+                    y=np.concatenate([vals.max(0), vals.min(0)[::-1]]),
+                    fill="toself", fillcolor=_rgba(color, 0.18), line={"width": 0},
+                    hoverinfo="skip", name=f"{label} (seed range)", legendgroup=label,
+                    showlegend=False), row=1, col=c)
+            fig.add_trace(go.Scatter(x=steps, y=vals.mean(0), mode="lines", name=label,
+                                     line={"color": color}, legendgroup=label,
+                                     showlegend=c == 1), row=1, col=c)
+        if mark_step is not None:
+            fig.add_vline(x=mark_step, line_dash="dot", line_color=TARGET_COLOR, row=1, col=c)
+        fig.update_xaxes(title_text="step", row=1, col=c)
+        if log_y:
+            fig.update_yaxes(type="log", row=1, col=c)
+    fig.update_layout(title={"text": title}, legend_title_text="loss", height=380)
+    return fig
+
+
+def difference_figure(
+    steps: Any,
+    difference: Any,
+    *,
+    title: str = "Difference between two runs over steps",
+    ylabel: str = "first - second",
+    below_label: str = "first below second",
+    above_label: str = "first not below",
+) -> go.Figure:
+    """A signed difference over steps with a zero line; steps where it is >= 0 are marked."""
+    x = _arr(steps, "steps")
+    y = _arr(difference, "difference")
+    if x.shape != y.shape:
+        raise ValueError(f"{x.size} steps but {y.size} differences")
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="difference",
+                             line={"color": TARGET_COLOR}))
+    neg = y < 0
+    fig.add_trace(go.Scatter(x=x[neg], y=y[neg], mode="markers", name=below_label,
+                             marker={"color": LOSS_COLORS["fkl"], "size": 6}))
+    fig.add_trace(go.Scatter(x=x[~neg], y=y[~neg], mode="markers", name=above_label,
+                             marker={"color": LOSS_COLORS["rkl"], "size": 6}))
+    fig.add_hline(y=0.0, line_dash="dash", line_color="black")
+    fig.update_layout(title={"text": title}, xaxis_title="step", yaxis_title=ylabel,
+                      legend_title_text="sign")
+    return fig
+
+
+def _rank_sample(n: int, dense: int = 100, sparse: int = 300) -> np.ndarray:
+    """Indices 0..n-1: all of the first `dense`, then about `sparse` log-spaced beyond."""
+    head = np.arange(min(n, dense))
+    if n <= dense:
+        return head
+    tail = np.unique(np.geomspace(dense, n - 1, num=sparse).astype(int))
+    return np.unique(np.concatenate([head, tail]))
+
+
+def gradient_rank_figure(
+    by_rank: Mapping[str, Any],
+    losses: Sequence[str],
+    *,
+    title: str = "Push on each logit, by teacher rank",
+    max_points: int | None = 400,
+) -> go.Figure:
+    """One panel per loss: -d loss / d z_j (> 0: token j is pushed UP) against teacher rank
+    (log axis), red where the student over-predicts the token (q > p), blue where it
+    under-predicts. by_rank: akl_core.lab.analysis.gradient_by_rank(...). Long vocabularies are
+    thinned to the first 100 ranks plus ~300 log-spaced ones (max_points=None keeps all)."""
+    for key in ("rank", "p", "q", *losses):
+        if key not in by_rank:
+            raise ValueError(f"by_rank has no {key!r}; it has {sorted(by_rank)}")
+    rank = _arr(by_rank["rank"], "rank")
+    p, q = _arr(by_rank["p"], "p"), _arr(by_rank["q"], "q")
+    idx = (np.arange(rank.size) if max_points is None or rank.size <= max_points
+           else _rank_sample(rank.size))
+    over = q[idx] > p[idx]
+    fig = make_subplots(rows=len(losses), cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=[f"{LABELS.get(n, n)}: push -dL/dz" for n in losses])
+    for r, name in enumerate(losses, start=1):
+        push = -_arr(by_rank[name], name)[idx]
+        for mask, label, color in ((over, "q > p (student over-predicts)", "#d62728"),
+                                   (~over, "q < p (student under-predicts)", "#1f77b4")):
+            fig.add_trace(go.Scatter(
+                x=rank[idx][mask], y=push[mask], mode="markers", name=label,
+                marker={"color": color, "size": 5}, legendgroup=label, showlegend=r == 1,
+                customdata=np.stack([p[idx][mask], q[idx][mask]], axis=-1),
+                hovertemplate="rank %{x}<br>push %{y:.3g}<br>p %{customdata[0]:.3g}, "
+                              "q %{customdata[1]:.3g}<extra></extra>"), row=r, col=1)
+        fig.add_hline(y=0.0, line_dash="dash", line_color="black", row=r, col=1)
+        fig.update_yaxes(title_text="push (up > 0)", row=r, col=1)
+    fig.update_xaxes(type="log")  # every panel: shared x axes must share their type too
+    fig.update_xaxes(title_text="teacher rank of the token (1 = most probable)",
+                     row=len(losses), col=1)
+    fig.update_layout(title={"text": title}, legend_title_text="token", height=200 + 230 *
+                      len(losses))
+    return fig
+
+
+def sweep_figure(
+    rows: Sequence[Mapping[str, Any]],
+    x: str,
+    keys: Sequence[str],
+    *,
+    title: str = "Sweep",
+    labels: Mapping[str, str] | None = None,
+    log_keys: Sequence[str] = (),
+) -> go.Figure:
+    """One panel per key of `rows` (a list of dicts, e.g. analysis.mu_sweep) against `x`."""
+    if not rows:
+        raise ValueError("rows is empty: nothing to plot")
+    names = {**LABELS, **(labels or {})}
+    xs = _arr([r[x] for r in rows], x)
+    fig = make_subplots(rows=1, cols=len(keys), subplot_titles=[names.get(k, k) for k in keys],
+                        horizontal_spacing=0.08)
+    for c, key in enumerate(keys, start=1):
+        ys = _arr([r[key] for r in rows], key)
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=names.get(key, key),
+                                 line={"color": _FALLBACK[(c - 1) % len(_FALLBACK)]}),
+                      row=1, col=c)
+        fig.update_xaxes(title_text=names.get(x, x), row=1, col=c)
+        if key in log_keys:
+            fig.update_yaxes(type="log", row=1, col=c)
+    fig.update_layout(title={"text": title}, legend_title_text="quantity", height=360)
+    return fig
+
+
+def seed_scores_figure(
+    tables: Mapping[str, Mapping[str, Sequence[float | None]]],
+    *,
+    reference: Mapping[str, Mapping[str, float | None]] | None = None,
+    title: str = "Scores per loss: mean over seeds (bar), each seed (dot), ±1 std (whisker)",
+) -> go.Figure:
+    """One panel per metric: tables = {metric: {loss: [score per seed]}}; reference =
+    {label: {metric: value}} drawn as dashed lines (e.g. the teacher, the untrained student)."""
+    if not tables:
+        raise ValueError("tables is empty: nothing to plot")
+    metrics = list(tables)
+    fig = make_subplots(rows=1, cols=len(metrics),
+                        subplot_titles=[EVAL_LABELS.get(m, m) for m in metrics],
+                        horizontal_spacing=0.08)
+    dashes = ["dash", "dot", "dashdot"]
+    for c, metric in enumerate(metrics, start=1):
+        table = tables[metric]
+        labels = list(table)
+        vals = [[float(v) for v in table[k] if v is not None] for k in labels]
+        means = [float(np.mean(v)) if v else np.nan for v in vals]
+        stds = [float(np.std(v)) if v else np.nan for v in vals]
+        fig.add_trace(go.Bar(x=labels, y=means, error_y={"type": "data", "array": stds},
+                             marker_color=[loss_color(k, i) for i, k in enumerate(labels)],
+                             opacity=0.75, showlegend=False, name=metric,
+                             text=[f"{m:.3g}" for m in means], textposition="outside"),
+                      row=1, col=c)
+        px = [k for k, v in zip(labels, vals) for _ in v]
+        py = [x for v in vals for x in v]
+        fig.add_trace(go.Scatter(x=px, y=py, mode="markers", name="one seed",
+                                 marker={"color": "black", "size": 6, "symbol": "circle-open"},
+                                 showlegend=c == 1, legendgroup="seed"), row=1, col=c)
+        for j, (ref_label, ref) in enumerate((reference or {}).items()):
+            v = ref.get(metric)
+            if v is not None:
+                fig.add_hline(y=float(v), line_dash=dashes[j % len(dashes)],
+                              line_color=TARGET_COLOR, row=1, col=c,
+                              annotation_text=f"{ref_label} {float(v):.3g}",
+                              annotation_position="top left")
+        fig.update_yaxes(title_text=EVAL_LABELS.get(metric, metric), row=1, col=c)
+    fig.update_layout(title={"text": title}, legend_title_text="points", height=440)
     return fig
