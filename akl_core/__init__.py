@@ -10,12 +10,14 @@ p is always the TEACHER distribution and q the STUDENT's; logits are `[..., V]`.
 from .divergences import LOSSES, LossSpec, ParamSpec, get_loss, resolve_params
 from .headtail import BOUNDARIES, HeadTail, head_mask, head_tail
 from .losses import distillation_loss, divergence, per_token_divergences
+from .stats import KDStats
 from .taid import TAIDSchedule
 
 __all__ = [
     "BOUNDARIES",
     "LOSSES",
     "HeadTail",
+    "KDStats",
     "LossSpec",
     "ParamSpec",
     "TAIDSchedule",
