@@ -148,6 +148,11 @@ def head_stats(
     return HeadStats(g_head=g_head, head_size=head_size, head_mass=head_mass, mask=mask)
 
 
+def _select_on_host(device: torch.device) -> bool:
+    """Whether the fast head search selects its rows on the host (a sync; free on the CPU)."""
+    return device.type == "cpu"
+
+
 def _head_stats_fast(
     p: torch.Tensor, q: torch.Tensor, mu: float, boundary: str, top: tuple[torch.Tensor, ...],
     redo: torch.Tensor, stage: torch.Tensor,
@@ -162,7 +167,7 @@ def _head_stats_fast(
     head_mass = top_p.clone()
     head_size = torch.ones_like(top_idx)
     need = ~_head_is_inside(top_p, mu, boundary)
-    sel = need.nonzero().squeeze(-1) if p.device.type == "cpu" else None
+    sel = need.nonzero().squeeze(-1) if _select_on_host(p.device) else None
     if sel is not None and sel.numel() == 0:
         return HeadStats(g_head=g_head, head_size=head_size, head_mass=head_mass)
     if sel is not None:  # p[sel], into the stage buffer
@@ -206,6 +211,7 @@ def gaps_and_weight(
     before the kernel fills that slot.
     """
     found = d.found
+    found["head_used"] = True  # tells the runner that the caller depends on the head split
     if found.get("head_params") == (mu, boundary):
         return found["g_head"], found["g_tail"], found["w"], found["head_stats"]
     q = d.q.detach()

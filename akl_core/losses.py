@@ -145,7 +145,8 @@ def run_chunks(
     buffers = torch.empty((BUFFERS, step, vocab), dtype=dtype, device=device)
     work = torch.empty((step, vocab), dtype=dtype, device=device) if scratch else None
     spare: list[torch.Tensor] = []  # the gradient slot when not `direct`, made when needed
-    redo = torch.zeros(n_rows, dtype=torch.bool, device=device)
+    open_rows = torch.zeros(n_rows, dtype=torch.bool, device=device)  # see `Dists.redo`
+    uses_head = []  # whether the kernel read the head split (then open rows redo their value)
 
     def rows_of(x: torch.Tensor, index: slice | torch.Tensor, stage: torch.Tensor) -> torch.Tensor:
         if isinstance(index, slice):
@@ -154,7 +155,7 @@ def run_chunks(
             return torch.ops.aten.index.Tensor_out(x, [index], out=stage)  # x[index], no alloc
         return x[index]
 
-    def run(index: slice | torch.Tensor, floored: bool, exact: bool) -> None:
+    def run(index: slice | torch.Tensor, floored: bool, exact: bool, with_kernel: bool) -> None:
         r = index.stop - index.start if isinstance(index, slice) else index.numel()
         chunk_buffers = buffers[:, :r]
         s = rows_of(student, index, chunk_buffers[2])  # the q and p slots: free until the exp
@@ -169,8 +170,11 @@ def run_chunks(
         d.redo = None if exact else torch.zeros(r, dtype=torch.bool, device=device)
         if stats is not None:
             _chunk_stats(d, *stats)
-        if kernel is not None:
+            d.found.pop("head_used")
+        if kernel is not None and with_kernel:
             value, g = kernel(d, need_grad, **params)
+            if not uses_head:
+                uses_head.append(bool(d.found.get("head_used")))
             _put(values, index, value)
             if grad is not None and g is not None:
                 if isinstance(d.grad_scale, torch.Tensor) or d.grad_scale != 1.0:
@@ -180,27 +184,35 @@ def run_chunks(
         if out_stats is not None:
             for field, tensor in out_stats.items():
                 _put(tensor, index, d.found[field])
-            if d.redo is not None:  # a finite loss with non-finite diagnostics: redo it too
+            if d.redo is not None:  # finite loss, non-finite diagnostics: redo the stats
                 f = d.found
                 d.redo |= ~torch.isfinite(f["teacher_entropy"] + f["student_entropy"]
                                           + f["fkl"] + f["rkl"])
         if d.redo is not None:
-            _put(redo, index, d.redo)
+            _put(open_rows, index, d.redo)
 
     for start in range(0, count, step):
         stop = min(start + step, count)
-        run(slice(start, stop) if rows is None else rows[start:stop], floored, exact=False)
-    # The one host sync: rows whose fast value is not finite (masked -inf vocabulary entries)
-    # or that the fast head search left open: redo them floored (0 * log 0 = 0) and exact.
-    bad = (redo | ~torch.isfinite(values)).nonzero().squeeze(-1)
-    for start in range(0, bad.numel(), step):
-        run(bad[start : start + step], True, exact=True)
-    if bad.numel() and kernel is not None and bool(values.index_select(0, bad).isnan().any()):
-        raise ValueError(
-            f"{name} produced NaN: the logits contain NaN or +inf values, or a position whose "
-            f"logits are all -inf (masked vocabulary entries should be -inf or a large negative "
-            f"number, with at least one entry left)"
-        )
+        run(slice(start, stop) if rows is None else rows[start:stop], floored, False, True)
+    # One check at the end (host syncs): rows whose fast value is not finite (masked -inf
+    # vocabulary entries) are redone floored (0 * log 0 = 0); rows the fast head search left
+    # open are redone exactly, the loss too if it reads the head (AKL), else the stats only
+    # (so the loss is bit-identical with and without return_stats).
+    redo_all = ~torch.isfinite(values)
+    if uses_head and uses_head[0]:
+        redo_all |= open_rows
+    for mask, with_kernel in ((redo_all, True), (open_rows & ~redo_all, False)):
+        bad = mask.nonzero().squeeze(-1)
+        for start in range(0, bad.numel(), step):
+            run(bad[start : start + step], True, True, with_kernel)
+        if with_kernel and bad.numel() and kernel is not None and bool(
+            values.index_select(0, bad).isnan().any()
+        ):
+            raise ValueError(
+                f"{name} produced NaN: the logits contain NaN or +inf values, or a position "
+                f"whose logits are all -inf (masked vocabulary entries should be -inf or a "
+                f"large negative number, with at least one entry left)"
+            )
     return values, grad, out_stats
 
 

@@ -278,3 +278,101 @@ def test_head_tail_validates_too():
         akl_core.head_tail(student, teacher, mu=1.0)
     with pytest.raises(ValueError, match="temperature"):
         akl_core.head_tail(student, teacher, temperature=float("nan"))
+
+
+# --- chunking, the chunk rule, and the saved gradient ---------------------------------------
+
+
+@pytest.mark.parametrize("name", list(akl_core.LOSSES))
+def test_chunk_size_argument_does_not_change_results(name):
+    student, teacher = logits_pair((2, 5, 200), seed=16, scale=2.0)
+    teacher[0, 0] *= 0.02  # a head longer than the first top-k stage (the deferred pass)
+    labels = torch.tensor([[1, -100, 2, 3, 4], [-100, 5, 6, -100, 7]])
+    outs = []
+    for chunk_size in (None, 1, 3, 64):
+        s = student.clone().requires_grad_(True)
+        loss = akl_core.distillation_loss(s, teacher, loss=name, labels=labels,
+                                          chunk_size=chunk_size)
+        loss.backward()
+        values = akl_core.divergence(name, student, teacher, chunk_size=chunk_size)
+        outs.append((loss.detach(), s.grad, values))
+    for out in outs[1:]:
+        for got, expected in zip(out, outs[0]):
+            torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+    ht = [akl_core.head_tail(student, teacher, chunk_size=c).to_dict() for c in (None, 2)]
+    for field, value in ht[0].items():
+        torch.testing.assert_close(ht[1][field], value, rtol=1e-6, atol=1e-7)
+    per = [akl_core.per_token_divergences(student, teacher, names=[name], chunk_size=c)
+           for c in (None, 4)]
+    torch.testing.assert_close(per[1][name], per[0][name], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "8"])
+def test_chunk_size_is_validated(bad):
+    student, teacher = _pair()
+    message = "chunk_size must be a positive int"
+    with pytest.raises(ValueError, match=message):
+        akl_core.distillation_loss(student, teacher, chunk_size=bad)
+    with pytest.raises(ValueError, match=message):
+        akl_core.divergence("fkl", student, teacher, chunk_size=bad)
+    with pytest.raises(ValueError, match=message):
+        akl_core.head_tail(student, teacher, chunk_size=bad)
+    with pytest.raises(ValueError, match=message):
+        akl_core.per_token_divergences(student, teacher, chunk_size=bad)
+
+
+def test_automatic_chunks_stay_within_the_memory_budget():
+    """Chunk buffers <= _CHUNK_MEMORY x the logits (so <= 1.5x with the gradient) for large
+    inputs; small inputs get the _CHUNK_ELEMENTS floor instead (a few MiB): few chunks."""
+    for n, vocab, dtype, itemsize, buffers in [(2048, 49152, torch.float32, 4, 4),
+                                               (4096, 151936, torch.float32, 2, 5),
+                                               (2048, 32000, torch.float64, 8, 16)]:
+        rows = losses.chunk_rows(n, vocab, itemsize, dtype, buffers)
+        chunk_bytes = rows * vocab * buffers * torch.finfo(dtype).bits // 8
+        assert chunk_bytes <= losses._CHUNK_MEMORY * n * vocab * itemsize
+        assert rows >= losses._CHUNK_ELEMENTS // vocab
+        assert n / rows <= 40  # not thousands of tiny chunks
+    assert losses.chunk_rows(6, 1000, 4, torch.float32, 4) == 6  # small input: one chunk
+    rows = losses.chunk_rows(64, 49152, 4, torch.float32, 4)
+    assert rows == losses._CHUNK_ELEMENTS // 49152  # the floor: 4 MiB per buffer
+
+
+def test_the_gradient_buffer_is_handed_over_without_a_copy_and_stays_exact():
+    student, teacher = logits_pair((4, 50), seed=17, scale=2.0)
+    s = student.clone().requires_grad_(True)
+    akl_core.distillation_loss(s, teacher).backward()
+    once = s.grad.clone()
+    # retain_graph: a second backward gives the same gradient again (accumulated)
+    s2 = student.clone().requires_grad_(True)
+    loss = akl_core.distillation_loss(s2, teacher)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    torch.testing.assert_close(s2.grad, 2 * once)
+    # an incoming gradient other than 1, and per-position weights, scale a copy
+    s3 = student.clone().requires_grad_(True)
+    (3.0 * akl_core.distillation_loss(s3, teacher)).backward()
+    torch.testing.assert_close(s3.grad, 3 * once)
+    s4 = student.clone().requires_grad_(True)
+    weights = torch.tensor([0.0, 1.0, 2.0, 0.5])
+    (akl_core.divergence("akl", s4, teacher) * weights).sum().backward()
+    s5 = student.clone().requires_grad_(True)
+    akl_core.divergence("akl", s5, teacher).sum().backward()
+    torch.testing.assert_close(s4.grad, s5.grad * weights.unsqueeze(-1))
+
+
+def test_head_search_without_host_syncs_matches(monkeypatch):
+    """Off the CPU the fast head search runs top-k on every row (no host sync); forced here on
+    the CPU, it must give the same weights, values and gradients."""
+    from akl_core import headtail
+
+    student, teacher = logits_pair((3, 4, 300), seed=18, scale=1.0)
+    teacher[0, 0] *= 0.02
+    results = []
+    for host_select in (True, False):
+        monkeypatch.setattr(headtail, "_select_on_host", lambda device, flag=host_select: flag)
+        s = student.clone().requires_grad_(True)
+        loss, stats = akl_core.distillation_loss(s, teacher, return_stats=True)
+        loss.backward()
+        results.append((loss.detach(), s.grad, stats.w, stats.head_size))
+    for got, expected in zip(results[1], results[0]):
+        torch.testing.assert_close(got, expected)
