@@ -7,12 +7,14 @@ That is the one extension point: add a kernel and a LossSpec to LOSSES. Every ke
 tested against the plain float64 formulas of tests/reference.py.
 
 Gradients are closed forms: with h = q * dL/dq (per entry), dL/du = h - q * sum(h). A kernel
-writes its gradient into `d.grad_buffer()` (the runner hands it the final gradient memory when
-it can) and builds it in a few in-place passes over the chunk, reusing `d.log_ratio()` and the
-scratch buffer instead of fresh `[R, V]` temporaries. `autograd_kernel` turns a plain
-differentiable formula into a kernel instead (slower, more memory: for new losses, and for
-testing). Kernels may record per-row values they computed on the way in `d.found` (fkl, rkl,
-the AKL weights): `return_stats` reuses them.
+builds its gradient in a few in-place passes in the gradient slot `d.grad_buffer()` (the
+runner hands it the final gradient's memory when it can; without a gradient it is scratch),
+reusing `d.log_ratio()` (kept in that slot) and, if its LossSpec says `buffers=5`, the
+scratch buffer `d.scratch()`, instead of fresh `[R, V]` temporaries. A kernel may fold the
+pending factor `d.grad_scale` into its last pass. It records per-row values it computed on
+the way in `d.found` (fkl, rkl, the AKL head split), which `return_stats` reuses and which
+are computed once per chunk (`kl_pair`, `gaps_and_weight`). `autograd_kernel` turns a plain
+differentiable formula into a kernel instead (slower, more memory: for trying a new loss).
 """
 
 from __future__ import annotations
