@@ -294,8 +294,10 @@ def test_chunk_size_argument_does_not_change_results(name):
         loss = akl_core.distillation_loss(s, teacher, loss=name, labels=labels,
                                           chunk_size=chunk_size)
         loss.backward()
-        values = akl_core.divergence(name, student, teacher, chunk_size=chunk_size)
-        outs.append((loss.detach(), s.grad, values))
+        s_all = student.clone().requires_grad_(True)  # no mask: the in-place gradient path
+        values = akl_core.divergence(name, s_all, teacher, chunk_size=chunk_size)
+        values.sum().backward()
+        outs.append((loss.detach(), s.grad, values.detach(), s_all.grad))
     for out in outs[1:]:
         for got, expected in zip(out, outs[0]):
             torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
