@@ -1,9 +1,9 @@
 """The teacher/student distributions of one chunk of token positions, computed once and shared.
 
 Conventions: p is the TEACHER distribution, q the STUDENT distribution, both over the last
-dimension V. `make_dists` builds them with one fused log-softmax and one exp per side, into
-buffers the caller may reuse from chunk to chunk (fresh [R, V] tensors cost page faults on
-CPU, often more than the arithmetic). Two ways:
+dimension V. `make_dists` builds them with one fused log-softmax per side and one exp for
+both, into buffers the caller may reuse from chunk to chunk (fresh [R, V] tensors cost page
+faults on CPU, often more than the arithmetic). Two ways:
 - `make_dists(...)` (fast): exact for finite logits.
 - `make_dists(..., floored=True)`: log-probabilities floored at LOG_FLOOR, so a vocabulary
   entry masked with -inf gets probability exactly 0 and a finite log-probability: 0 * log 0
@@ -33,9 +33,11 @@ class Dists:
     work: a second scratch buffer (`scratch()`), for kernels that need one more.
     found: per-row `[R]` values a kernel computed on the way (fkl, rkl, w, g_head, ...);
         return_stats reuses them instead of computing them again.
-    redo: bool `[R]` or None. When given, the head search may leave rows whose head is longer
-        than its first top-k stage unfinished, marks them here, and the runner recomputes
-        them exactly at the end (one host sync per call instead of several per chunk).
+    redo: bool `[R]` or None. When given (the runner's fast pass), work may leave rows
+        unfinished and mark them here: the head search rows whose head is longer than its
+        first top-k stage, AB rows whose fast form cancels. The runner recomputes them
+        exactly at the end (one host sync per call instead of several per chunk); with None
+        (the exact pass, or a caller's own Dists) everything is finished at once.
     grad_scale: the factor (float or 0-dim tensor) the gradient still needs (a reduction's
         1 / count, 1 / T). A kernel may fold it into its last pass and set it to 1.0;
         otherwise the runner applies it.

@@ -226,3 +226,20 @@ def test_autograd_kernel_extension_point_matches_closed_form_and_reference():
                                             need_grad=True, chunk_size=2)
         torch.testing.assert_close(values, expected, rtol=1e-9, atol=1e-11)
         torch.testing.assert_close(grad, grad_ref, rtol=1e-8, atol=1e-11)
+
+
+@pytest.mark.parametrize("beta", [1e-5, 1e-3, 1 - 1e-4])
+def test_normalized_jsd_keeps_float32_precision_near_the_ends(beta):
+    """The normalized JSD divides by beta (1 - beta): log M is taken relative to the near side
+    by log1p there, else float32 rounding of log M would be amplified by 1 / beta."""
+    student, teacher = logits_pair((4, 60), seed=20, scale=2.0)
+    s = student.clone().requires_grad_(True)
+    value = akl_core.divergence("jsd", s, teacher, beta=beta, normalized=True)
+    value.sum().backward()
+    params = {"beta": beta, "normalized": True}
+    expected = ref.reference_value("jsd", student, teacher, **params)
+    torch.testing.assert_close(value.double(), expected, rtol=2e-4, atol=2e-5)
+    grad_ref = _reference_grad("jsd", student, teacher, 1.0, params)
+    torch.testing.assert_close(s.grad.double(), grad_ref, rtol=2e-4, atol=2e-5)
+    far = akl_core.divergence("jsd", student, teacher, beta=1e-200, normalized=True)
+    torch.testing.assert_close(far, akl_core.divergence("fkl", student, teacher))

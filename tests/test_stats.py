@@ -74,7 +74,7 @@ def test_stats_match_the_reference_at_valid_positions_and_are_zero_elsewhere(nam
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("name", ["akl", "fkl", "jsd"])
+@pytest.mark.parametrize("name", ["akl", "fkl", "jsd", "ab"])
 def test_loss_and_gradient_identical_with_and_without_stats(reduction, name):
     student, teacher, labels = _batch(seed=1)
     outs = []
