@@ -241,5 +241,3 @@ def test_normalized_jsd_keeps_float32_precision_near_the_ends(beta):
     torch.testing.assert_close(value.double(), expected, rtol=2e-4, atol=2e-5)
     grad_ref = _reference_grad("jsd", student, teacher, 1.0, params)
     torch.testing.assert_close(s.grad.double(), grad_ref, rtol=2e-4, atol=2e-5)
-    far = akl_core.divergence("jsd", student, teacher, beta=1e-200, normalized=True)
-    torch.testing.assert_close(far, akl_core.divergence("fkl", student, teacher))
