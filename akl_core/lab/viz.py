@@ -20,6 +20,8 @@ __all__ = [
     "LOSS_COLORS",
     "LABELS",
     "loss_color",
+    "loss_dash",
+    "LOSS_STYLES",
     "distribution_figure",
     "snapshot_panels",
     "curves_figure",
@@ -33,21 +35,26 @@ __all__ = [
     "seed_scores_figure",
 ]
 
-#: Fixed colours per loss so a loss looks the same in every figure.
-LOSS_COLORS: dict[str, str] = {
-    "fkl": "#1f77b4",
-    "rkl": "#d62728",
-    "akl": "#2ca02c",
-    "fkl_rkl": "#9467bd",
-    "akl_r": "#8c564b",
-    "jsd": "#ff7f0e",
-    "tvd": "#e377c2",
-    "skl": "#17becf",
-    "srkl": "#bcbd22",
-    "ab": "#7f7f7f",
-    "taid": "#393b79",
+#: Fixed colour and dash per loss so a loss looks the same in every figure and the app. Colours
+#: are the Okabe-Ito palette (distinguishable under the common colour-vision deficiencies);
+#: losses sharing a colour differ by dash (a variant keeps its parent's colour).
+LOSS_STYLES: dict[str, tuple[str, str]] = {
+    "fkl": ("#0072B2", "solid"),
+    "rkl": ("#D55E00", "dash"),
+    "akl": ("#009E73", "solid"),
+    "akl_r": ("#009E73", "dot"),
+    "fkl_rkl": ("#000000", "dash"),
+    "jsd": ("#E69F00", "solid"),
+    "taid": ("#E69F00", "longdash"),
+    "tvd": ("#CC79A7", "dash"),
+    "ab": ("#CC79A7", "solid"),
+    "skl": ("#56B4E9", "solid"),
+    "srkl": ("#56B4E9", "dash"),
+    "todi": ("#000000", "dashdot"),
 }
-_FALLBACK = ["#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354"]
+LOSS_COLORS: dict[str, str] = {name: style[0] for name, style in LOSS_STYLES.items()}
+_FALLBACK = ["#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#000000"]
+_FALLBACK_DASHES = ["dot", "dashdot", "longdashdot"]
 TARGET_COLOR = "#444444"
 HEAD_COLOR = "rgba(255, 200, 0, 0.18)"
 
@@ -71,10 +78,24 @@ LABELS: dict[str, str] = {
 }
 
 
+def _loss_base(name: str) -> str:
+    return name.split(" ")[0].split("(")[0].lower()
+
+
 def loss_color(name: str, index: int = 0) -> str:
     """The colour of a loss (by name; unknown names get a fallback colour by `index`)."""
-    base = name.split(" ")[0].split("(")[0].lower()
-    return LOSS_COLORS.get(base, _FALLBACK[index % len(_FALLBACK)])
+    return LOSS_COLORS.get(_loss_base(name), _FALLBACK[index % len(_FALLBACK)])
+
+
+def loss_dash(name: str, index: int = 0) -> str:
+    """The plotly dash style of a loss (by name; unknown names get a fallback by `index`)."""
+    style = LOSS_STYLES.get(_loss_base(name))
+    return style[1] if style else _FALLBACK_DASHES[index % len(_FALLBACK_DASHES)]
+
+
+def loss_line(name: str, index: int = 0, **extra: Any) -> dict:
+    """A plotly line dict in the loss's colour and dash (plus `extra`, e.g. width=3)."""
+    return {"color": loss_color(name, index), "dash": loss_dash(name, index), **extra}
 
 
 def _arr(values: Any, label: str) -> np.ndarray:
@@ -156,7 +177,7 @@ def distribution_figure(
         if qa.shape != xs.shape:
             raise ValueError(f"student {label!r} has {qa.size} bins but x has {xs.size}")
         fig.add_trace(go.Scatter(x=xs, y=qa, mode="lines+markers", name=label,
-                                 line={"color": loss_color(label, i)}, marker={"size": 4}))
+                                 line=loss_line(label, i), marker={"size": 4}))
     if head_mask is not None:
         _add_head(fig, xs, head_mask)
     fig.update_layout(title={"text": title}, xaxis_title=xlabel, yaxis_title=ylabel,
@@ -212,7 +233,7 @@ def snapshot_panels(
             if q.shape != xs.shape:
                 raise ValueError(f"snapshot {label!r} step {step} has {q.size} bins, x {xs.size}")
             fig.add_trace(go.Scatter(x=xs, y=q, mode="lines", name=label,
-                                     line={"color": loss_color(label, i)}, legendgroup=label,
+                                     line=loss_line(label, i), legendgroup=label,
                                      showlegend=first), row=1, col=c)
         if head_mask is not None:
             _add_head(fig, xs, head_mask, row=1, col=c, legend=first)
@@ -237,7 +258,7 @@ def _add_curves(fig: go.Figure, histories: Mapping[str, Any], key: str, *, row: 
         if steps.shape != values.shape:
             raise ValueError(f"history {label!r}: 'step' and {key!r} differ in length")
         fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=label,
-                                 line={"color": loss_color(label, i)}, legendgroup=label,
+                                 line=loss_line(label, i), legendgroup=label,
                                  showlegend=show_legend), **kw)
 
 
@@ -322,7 +343,7 @@ def continuous_fit_figure(
         if dens.shape != xs.shape:
             raise ValueError(f"fit {label!r} has {dens.size} points but x has {xs.size}")
         fig.add_trace(go.Scatter(x=xs, y=dens, mode="lines", name=label,
-                                 line={"color": loss_color(label, i), "width": 3}))
+                                 line=loss_line(label, i, width=3)))
     fig.update_layout(title={"text": title}, xaxis_title=xlabel, yaxis_title=ylabel,
                       legend_title_text="distribution")
     return fig
