@@ -178,6 +178,11 @@ def all_cases() -> dict[str, Case]:
     return {c.name: c for c in cases}
 
 
+def default_cases() -> list[str]:
+    """The cases a plain run times: all but the naive hidden-state ones (`--cases` adds them)."""
+    return [name for name in all_cases() if not name.startswith("naive ")]
+
+
 def liger_for(loss: str) -> str:
     """The Liger case a fused loss is compared with."""
     beta = LIGER_BETA[loss]

@@ -53,6 +53,7 @@ CONTENTION_JOB = (
 )
 CONDITIONS = {"1": ("1 thread", 1, False), "2": ("2 threads", 2, False),
               "2c": ("2 threads + {k} matmul jobs", 2, True)}
+BASELINE = "torch fkl"  # every time is reported as a ratio to it, timed in the same process
 PER_ROW = ("teacher_logits", "student_logits", "student_hidden", "teacher_hidden", "labels")
 
 
@@ -80,10 +81,11 @@ def run_worker(args: argparse.Namespace) -> dict:
     from safetensors import safe_open
 
     torch.set_num_threads(args.threads)
-    case = bench_cases.all_cases()[args.worker]
+    cases = bench_cases.all_cases()
+    case, base_case = cases[args.worker], cases[BASELINE]
     x = {}
     with safe_open(args.inputs, framework="pt") as f:
-        for name in case.needs:
+        for name in set(case.needs) | set(base_case.needs):
             t = f.get_tensor(name)
             x[name] = t[: args.n].clone() if name in PER_ROW else t
     try:
@@ -94,20 +96,39 @@ def run_worker(args: argparse.Namespace) -> dict:
     loss.backward()  # warm-up
     value = float(loss.detach())
     del loss
-    times, peaks = [], []
-    resettable = _reset_peak()
-    for _ in range(args.repeats):
-        for leaf in leaves:
+    # The baseline runs in the same process, interleaved with the case (case, baseline, case,
+    # ...): a neighbour's load that comes and goes slows both alike, so the ratio holds.
+    interleave = args.worker != BASELINE
+    base_leaves, base_fn = base_case.build(x) if interleave else ([], None)
+    if base_fn is not None:
+        base_fn().backward()
+
+    def clear(group: list) -> None:
+        for leaf in group:
             leaf.grad = None
         gc.collect()
+
+    times, base_times, peaks = [], [], []
+    resettable = _reset_peak()
+    for _ in range(args.repeats):
+        clear(leaves + base_leaves)
         base = _status_kib("VmRSS")
         _reset_peak()  # without it, VmHWM is the peak since start: an upper bound
         start = time.perf_counter()
         fn().backward()
         times.append(time.perf_counter() - start)
         peaks.append((_status_kib("VmHWM") - base) * 1024)
-    return {"time": statistics.median(times), "times": times, "peak": max(peaks),
-            "value": value, "peak_exact": resettable}
+        if base_fn is not None:
+            clear(leaves + base_leaves)
+            start = time.perf_counter()
+            base_fn().backward()
+            base_times.append(time.perf_counter() - start)
+    out = {"time": statistics.median(times), "times": times, "peak": max(peaks),
+           "value": value, "peak_exact": resettable}
+    if base_times:
+        out["base_time"] = statistics.median(base_times)
+        out["ratio"] = out["time"] / out["base_time"]
+    return out
 
 
 # --- the parent: conditions, subprocesses, table ----------------------------------------------
@@ -170,10 +191,20 @@ def measure(cases: list[str], inputs: Path, args: argparse.Namespace) -> dict[st
     return results
 
 
+def time_ratio(res: dict, base: dict | None) -> float | None:
+    """A case's time over the baseline's: the ratio measured interleaved in the case's own
+    process when there is one, else over the baseline case's own run."""
+    if "ratio" in res:
+        return res["ratio"]
+    if "time" in res and base and "time" in base:
+        return res["time"] / base["time"]
+    return None
+
+
 def _cell(res: dict, base: dict | None, logits_bytes: int) -> tuple[str, str]:
     if "time" not in res:
         return "n/a", "n/a"
-    ratio = f"{res['time'] / base['time']:.2f}" if base and "time" in base else "?"
+    ratio = f"{time_ratio(res, base):.2f}" if time_ratio(res, base) is not None else "?"
     return ratio, f"{res['peak'] / logits_bytes:.2f}"
 
 
@@ -200,11 +231,15 @@ def check_targets(results: dict[str, dict], logits_bytes: int) -> list[str]:
     for label, res in results.items():
         def ok(name: str, res: dict = res) -> bool:
             return "time" in res.get(name, {})
-        base = res.get("torch fkl", {}).get("time")
+        base = res.get(BASELINE)
+
+        def ratio(name: str, res: dict = res, base: dict | None = base) -> float:
+            value = time_ratio(res[name], base)
+            return float("inf") if value is None else value
+
         divs = [n for n in res if n.startswith("akl_core ") and "+stats" not in n and ok(n)]
-        if base and divs:
-            slow = [f"{n[9:]} {res[n]['time'] / base:.2f}x" for n in divs
-                    if res[n]["time"] > base]
+        if divs:
+            slow = [f"{n[9:]} {ratio(n):.2f}x" for n in divs if ratio(n) > 1.0]
             big = [f"{n[9:]} {res[n]['peak'] / logits_bytes:.2f}x" for n in divs
                    if res[n]["peak"] > 1.5 * logits_bytes]
             out.append(f"- [{label}] divergences from logits, time <= 1.0x torch fkl: "
@@ -214,14 +249,14 @@ def check_targets(results: dict[str, dict], logits_bytes: int) -> list[str]:
         for loss in bench_cases.FUSED_LOSSES:
             mine, liger = f"fused {loss}", bench_cases.liger_for(loss)
             if ok(mine) and ok(liger):
-                t = res[mine]["time"] / res[liger]["time"]
+                t = ratio(mine) / ratio(liger)
                 m = res[mine]["peak"] / max(res[liger]["peak"], 1)
                 out.append(f"- [{label}] {mine} vs {liger}: time {t:.2f}x, peak {m:.2f}x: "
                            + ("PASS" if t <= 1.0 and m <= 1.0 else "FAIL"))
         for loss in ("fkl", "akl"):
             plain, stats = f"akl_core {loss}", f"akl_core {loss} +stats"
             if ok(plain) and ok(stats):
-                extra = res[stats]["time"] / res[plain]["time"] - 1
+                extra = ratio(stats) / ratio(plain) - 1
                 out.append(f"- [{label}] return_stats on {loss}: {extra:+.0%} time: "
                            + ("PASS" if extra <= 0.10 else "FAIL"))
     return out
@@ -267,7 +302,7 @@ def main() -> None:
         h = f.get_slice("student_hidden").get_shape()[1]
     args.n = min(args.n, n_all)
     known = bench_cases.all_cases()
-    cases = args.cases or list(known)
+    cases = args.cases or bench_cases.default_cases()
     unknown = [c for c in cases if c not in known]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; known: {', '.join(known)}")
@@ -286,7 +321,8 @@ def main() -> None:
         f"{args.data} inputs: N={args.n} positions, V={v}, H={h}, float32 "
         f"(logits {logits_bytes / 2**20:.0f} MiB); {args.repeats} timed repeats after a "
         f"warm-up, median; torch {torch.__version__}; {os.cpu_count()} CPUs; started {started}.",
-        "time: forward+backward as a multiple of `torch fkl` in the same condition; mem: "
+        "time: forward+backward as a multiple of `torch fkl` timed interleaved with it in the "
+        "case's own process (case, baseline, case, ...); mem: "
         "peak RSS above the step's start, as a multiple of the logits' size.",
         f"Liger: {liger_note}. TRL: {trl_note}.",
         "",

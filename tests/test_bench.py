@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -32,6 +33,15 @@ def test_quick_benchmark_runs_each_case_in_a_subprocess(tmp_path):
     assert abs(float(rows["akl_core akl"][1]) - float(rows["fused akl"][1])) <= 2e-4
     assert "[1 thread] return_stats on akl:" in text
     assert (tmp_path / "random_n32_v300_h16.safetensors").exists()
+    # every case is timed interleaved with the baseline in its own process; the table's ratio
+    # is that in-process ratio
+    results = json.loads(out.with_suffix(".json").read_text())["1 thread"]
+    assert "base_time" not in results["torch fkl"]
+    for name in CASES:
+        res = results[name]
+        assert len(res["times"]) == 1 and res["base_time"] > 0
+        assert abs(res["ratio"] - res["time"] / res["base_time"]) < 1e-12
+        assert rows[name][2] == f"{res['ratio']:.2f}"
 
 
 def test_contention_jobs_start_and_stop():
