@@ -283,6 +283,8 @@ def ab(d: Dists, need_grad: bool, alpha: float, beta: float) -> KernelResult:
         return fkl(d, need_grad)
     if (alpha, beta) == (0.0, 1.0):
         return rkl(d, need_grad)
+    if d.redo is not None and min(alpha, beta) >= _AB_FAST_MIN:
+        return _ab_fast(d, need_grad, alpha, beta)
     s = alpha + beta
     delta = torch.sub(d.lq, d.lp, out=d.scratch())
     a_pow = torch.exp(d.lp * alpha + d.lq * beta)  # p^alpha q^beta <= 1
@@ -305,6 +307,40 @@ def ab(d: Dists, need_grad: bool, alpha: float, beta: float) -> KernelResult:
 
 
 _AB_SERIES = 1e-2  # |x|, |y| below this: the series (its truncation error is ~1e-6 relative)
+_AB_FAST_MIN = 0.05  # alpha and beta at least this: the fast form (it divides by alpha beta)
+_AB_FAST_CANCEL = 5e-3  # alpha beta D below this x the row sums: cancelled, redone carefully
+
+
+def _ab_fast(d: Dists, need_grad: bool, alpha: float, beta: float) -> KernelResult:
+    """D_AB from three row sums, for the runner's fast pass (alpha, beta > 0):
+
+        D = (alpha/s S_p + beta/s S_q - S_A) / (alpha beta),  S_A = sum p^alpha q^beta,
+        S_p = sum p^s, S_q = sum q^s (both 1 when s = 1: no power taken),
+        grad (w.r.t. u) = (q^s - A - q (S_q - S_A)) / alpha.
+
+    A few passes and two buffers. The sums cancel where q is close to p (alpha beta D small
+    against them): those rows are marked in `d.redo` and the runner redoes them with the
+    careful per-entry form (`ab` with `d.redo` None)."""
+    s = alpha + beta
+    a_pow = torch.mul(d.lp, alpha, out=d.scratch()).add_(d.lq, alpha=beta).exp_()  # A
+    s_a = a_pow.sum(-1)
+    if s == 1.0:
+        s_p = s_q = 1.0
+        q_s = d.q
+    else:
+        q_s = torch.mul(d.lp, s, out=d.grad_buffer()).exp_()
+        s_p = q_s.sum(-1)
+        q_s = torch.mul(d.lq, s, out=q_s).exp_()
+        s_q = q_s.sum(-1)
+    sums = s_a + (alpha / s) * s_p + (beta / s) * s_q
+    value = ((alpha / s) * s_p + (beta / s) * s_q - s_a).clamp_min_(0.0) / (alpha * beta)
+    d.redo |= ~(value * (alpha * beta) >= _AB_FAST_CANCEL * sums)  # NaN rows too
+    d.found["value_open"] = True  # the runner redoes the value of the rows marked open
+    if not need_grad:
+        return value, None
+    g = torch.sub(q_s, a_pow, out=d.grad_buffer())
+    g.addcmul_(d.q, _col(s_q - s_a), value=-1)
+    return value, g.mul_(_take_scale(d) / alpha)
 
 
 def todi(d: Dists, need_grad: bool, beta: float) -> KernelResult:

@@ -150,6 +150,7 @@ def run_chunks(
     work = torch.empty((step, vocab), dtype=dtype, device=device) if scratch else None
     spare: list[torch.Tensor] = []  # the gradient slot when not `direct`, made when needed
     open_rows = torch.zeros(n_rows, dtype=torch.bool, device=device)  # see `Dists.redo`
+    value_open = torch.zeros(n_rows, dtype=torch.bool, device=device)  # values left open
     uses_head = []  # whether the kernel read the head split (then open rows redo their value)
 
     def rows_of(x: torch.Tensor, index: slice | torch.Tensor, stage: torch.Tensor) -> torch.Tensor:
@@ -176,9 +177,16 @@ def run_chunks(
             _chunk_stats(d, *stats)
             d.found.pop("head_used")
         if kernel is not None and with_kernel:
+            stats_open = d.redo
+            if stats_open is not None:  # the kernel's own open rows, apart from the stats'
+                d.redo = torch.zeros_like(stats_open)
             value, g = kernel(d, need_grad, **params)
-            if not uses_head:
+            if not uses_head:  # the value of every open row is redone (AKL reads the head)
                 uses_head.append(bool(d.found.get("head_used")))
+            if stats_open is not None:
+                if d.found.get("value_open"):  # rows whose value the kernel left open (AB)
+                    _put(value_open, index, d.redo)
+                d.redo |= stats_open
             _put(values, index, value)
             if grad is not None and g is not None:
                 if isinstance(d.grad_scale, torch.Tensor) or d.grad_scale != 1.0:
@@ -202,7 +210,7 @@ def run_chunks(
     # vocabulary entries) are redone floored (0 * log 0 = 0); rows the fast head search left
     # open are redone exactly, the loss too if it reads the head (AKL), else the stats only
     # (so the loss is bit-identical with and without return_stats).
-    redo_all = ~torch.isfinite(values)
+    redo_all = ~torch.isfinite(values) | value_open
     if uses_head and uses_head[0]:
         redo_all |= open_rows
     for mask, with_kernel in ((redo_all, True), (open_rows & ~redo_all, False)):

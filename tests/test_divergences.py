@@ -241,3 +241,25 @@ def test_normalized_jsd_keeps_float32_precision_near_the_ends(beta):
     torch.testing.assert_close(value.double(), expected, rtol=2e-4, atol=2e-5)
     grad_ref = _reference_grad("jsd", student, teacher, 1.0, params)
     torch.testing.assert_close(s.grad.double(), grad_ref, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize(("alpha", "beta"), [(0.5, 0.5), (0.2, 0.9), (0.7, 0.1), (1.0, 1.0)])
+def test_ab_fast_form_equals_the_careful_form_and_leaves_close_rows_open(alpha, beta):
+    """The runner's fast pass (three row sums) against the per-entry form, in float64: equal on
+    rows far apart; a row whose student is close to the teacher is marked open (redone)."""
+    from akl_core._dists import make_dists
+    from akl_core.divergences import ab
+
+    student, teacher = logits_pair((6, 50), seed=21, scale=2.0, dtype=torch.float64)
+    student[-1] = teacher[-1] + 1e-3 * torch.randn(50, dtype=torch.float64)
+    careful = make_dists(student, teacher, 1.0, torch.float64)
+    careful.grad_scale = 0.5
+    value_ref, grad_ref = ab(careful, True, alpha, beta)
+    fast = make_dists(student, teacher, 1.0, torch.float64)
+    fast.grad_scale, fast.redo = 0.5, torch.zeros(6, dtype=torch.bool)
+    value, grad = ab(fast, True, alpha, beta)
+    assert fast.found.get("value_open") and fast.redo.tolist() == [False] * 5 + [True]
+    torch.testing.assert_close(value[:5], value_ref[:5], rtol=1e-10, atol=1e-12)
+    grad = grad * fast.grad_scale  # the scale the kernel did not fold in, if any
+    grad_ref = grad_ref * careful.grad_scale
+    torch.testing.assert_close(grad[:5], grad_ref[:5], rtol=1e-9, atol=1e-12)
