@@ -265,6 +265,20 @@ def _committed(model_name: str, max_new_tokens: int) -> dict[str, str]:
     return _read_cache(RESPONSES_FILE)
 
 
+def left_padded(
+    sequences: Sequence[Sequence[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as a left-padded batch for generation: (ids, attention mask), both
+    int64 `[B, longest]`."""
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def generate(
     bundle: Any,
@@ -295,13 +309,7 @@ def generate(
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                seq = encoded[i]
-                ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-                mask[row, width - len(seq) :] = 1
+            ids, mask = left_padded([encoded[i] for i in idx], pad_id)
             result = model.generate(
                 input_ids=ids.to(bundle.device),
                 attention_mask=mask.to(bundle.device),
@@ -314,7 +322,7 @@ def generate(
                 top_p=None,
                 top_k=None,
             )
-            new = result[:, width:].cpu()
+            new = result[:, ids.shape[1] :].cpu()
             for row, i in enumerate(idx):
                 out[i] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
             done += len(idx)

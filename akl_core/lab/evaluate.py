@@ -270,12 +270,7 @@ def sample(
                 torch.manual_seed(seed + j)
                 for start in range(0, len(order), batch_size):
                     idx = order[start : start + batch_size]
-                    width = max(len(encoded[i]) for i in idx)
-                    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-                    mask = torch.zeros((len(idx), width), dtype=torch.long)
-                    for row, i in enumerate(idx):
-                        ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                        mask[row, width - len(encoded[i]):] = 1
+                    ids, mask = data.left_padded([encoded[i] for i in idx], pad_id)
                     with torch.no_grad():
                         result = model.generate(
                             input_ids=ids.to(bundle.device),
@@ -284,7 +279,7 @@ def sample(
                             temperature=float(temperature), top_p=float(top_p), top_k=0,
                             pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
                         )
-                    new = result[:, width:].cpu()
+                    new = result[:, ids.shape[1] :].cpu()
                     for row, i in enumerate(idx):
                         out[i][j] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
                     done += len(idx)
