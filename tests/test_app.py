@@ -284,14 +284,48 @@ def test_toy_lab_custom_mixture_and_bad_input(app_env):
 # ------------------------------------------------------------------------- token inspector
 
 
+def charts(at: AppTest) -> dict[str, dict]:
+    """The page's plotly figures as dicts, by title text (Streamlit sends each as JSON)."""
+    out = {}
+    for el in at.get("plotly_chart"):
+        fig = json.loads(el.proto.spec)
+        out[fig["layout"].get("title", {}).get("text", "")] = fig
+    return out
+
+
+def values(array) -> list:
+    """A plotly JSON array as a list (numpy arrays travel as {'dtype', 'bdata'})."""
+    import base64
+
+    import numpy as np
+
+    if isinstance(array, dict) and "bdata" in array:
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"]).tolist()
+    return list(array)
+
+
+def chart(at: AppTest, title_part: str) -> dict:
+    found = [f for t, f in charts(at).items() if title_part in t]
+    assert len(found) == 1, (title_part, list(charts(at)))
+    return found[0]
+
+
 def test_token_inspector_teacher_only_and_with_student(app_env):
     at = open_page("4_Token_inspector.py")
     assert not errors(at)
     assert at.selectbox(key="insp_metric").options == ["head_size", "head_mass",
                                                        "teacher_entropy"]
     n_tokens = len(at.selectbox(key="insp_token").options)
-    assert at.html[0].value.count('class="akl-tok"') == n_tokens > 5
-    assert len(at.get("plotly_chart")) == 2
+    view = chart(at, "Tokens coloured by")
+    cells, context = view["data"][0], view["data"][1]
+    assert len(cells["text"]) == n_tokens > 5
+    # the text's first token is shown, greyed, as context (nothing predicts it)
+    assert context["name"] == "context (not predicted)" and len(context["text"]) == 1
+    # one mu / boundary control for the page (not one more under the chosen loss)
+    mu_labels = [w.label for w in at.number_input if w.label.startswith("mu")]
+    assert mu_labels == ["mu (head mass)"]
+    assert [w.label for w in at.selectbox if w.label == "boundary"] == ["boundary"]
+    assert len(at.get("plotly_chart")) == 3  # teacher curves, token view, top-k bars
     # an impossible student is a message, not a traceback
     at.selectbox(key="insp_student_choice").select("truncate:4").run()
     assert not at.exception
@@ -302,11 +336,34 @@ def test_token_inspector_teacher_only_and_with_student(app_env):
     assert not at.exception and not errors(at)
     options = at.selectbox(key="insp_metric").options
     assert set(akl_core.LOSSES) <= set(options) and "akl (chosen)" in options
+    assert at.selectbox(key="insp_metric").value == "w"
     rows = at.dataframe[0].value.to_dict("records")
     by_name = {r["divergence"]: r["mean over positions"] for r in rows}
     assert by_name["akl (chosen)"] == pytest.approx(by_name["akl"], rel=1e-5)
     assert all(v >= -1e-6 for v in by_name.values())
     assert by_name["fkl"] > 0
+    # the student's per-position curves, and every number on hover of a token
+    curves = chart(at, "Student against the teacher")
+    titles = [a["text"] for a in curves["layout"]["annotations"]]
+    assert {"head gap g_head", "tail gap g_tail", "AKL weight w on FKL"} <= set(titles)
+    assert len(values(curves["data"][0]["y"])) == n_tokens
+    hover = chart(at, "Tokens coloured by")["data"][0]["hovertemplate"]
+    for name in ("g_head", "g_tail", "head_size", "head_mass", "teacher_entropy",
+                 "student_entropy", "akl loss value", "AKL weight w on FKL"):
+        assert name in hover, (name, hover)
+    # the fixed w range and its labelled colour bar
+    bar = chart(at, "Tokens coloured by")["data"][2]["marker"]
+    assert (bar["cmin"], bar["cmax"]) == (0.0, 1.0)
+    assert "w < 0.5 leans RKL" in bar["colorbar"]["title"]["text"]
+    # the loss's mu follows the page's single mu control
+    at.number_input(key="insp_mu").set_value(0.8).run()
+    assert not at.exception and not errors(at)
+    assert "mu = 0.8" in chart(at, "Student against the teacher")["layout"]["title"]["text"]
+    # picking a token outlines it and redraws the top-k bars for it
+    at.selectbox(key="insp_token").select(2).run()
+    widths = chart(at, "Tokens coloured by")["data"][0]["marker"]["line"]["width"]
+    assert widths[2] == 4 and sum(widths) == 4
+    assert chart(at, "Position 2:")
 
 
 def test_token_inspector_empty_text_is_an_error(app_env):
