@@ -246,9 +246,20 @@ def test_live_bad_student_fails_in_the_page(app_env, other_tokenizer_model, stud
 # ------------------------------------------------------------------------------------ toy lab
 
 
+def none_texts(at: AppTest) -> list[str]:
+    """Text elements that print a bare None (e.g. magic writing a call's None result)."""
+    found = []
+    for kind in ("markdown", "text", "caption", "code", "json"):
+        for el in at.get(kind):
+            value = str(getattr(el, "value", "") or "")
+            if value.strip("` \n") == "None":
+                found.append(f"{kind}: {value}")
+    return found
+
+
 def test_toy_lab_trains_and_draws(app_env):
     at = open_page("2_Toy_lab.py")
-    assert not errors(at)
+    assert not errors(at) and not none_texts(at)
     mu = at.number_input(key="toy_mu")
     assert (mu.min, mu.max, mu.value) == (0.0, 1.0, 0.5)
     assert at.multiselect(key="toy_losses").value == ["fkl", "rkl", "akl"]
@@ -256,16 +267,73 @@ def test_toy_lab_trains_and_draws(app_env):
     # default: Fig. 2 bimodal, 200 steps; both FKL and RKL converge (KL(p||q) < 1e-3)
     table = {row["loss"]: row for row in at.dataframe[0].value.to_dict("records")}
     assert table["fkl"]["final KL(p||q)"] < 1e-3 and table["rkl"]["final KL(p||q)"] < 1e-3
+    assert all(row["final KL(p||q)"] >= 0 for row in table.values())  # clamped, never -6e-8
+    # custom-mixture fields only for a custom mixture
+    assert "toy_weights" not in [w.key for w in at.text_input]
+    # what to notice, computed from the run at the selected step (10)
+    notice = at.info[0].value
+    head = min(table, key=lambda n: table[n]["g_head"])
+    assert f"At step 10, **{head}** has the smallest head gap" in notice
+    # the selected step is marked on the three time-series figures; log axes say 10^k
+    for title in ("Head and tail gaps", "KL(p||q) (forward) between", "AKL weight w on FKL over"):
+        (line,) = chart(at, title)["layout"]["shapes"][-1:]
+        assert line["x0"] == line["x1"] == 10, title
+    kl = chart(at, "KL(p||q) (forward) between")
+    assert kl["layout"]["yaxis"]["type"] == "log"
+    assert kl["layout"]["yaxis"]["exponentformat"] == "power"
+    assert min(min(values(tr["y"])) for tr in kl["data"]) >= 1e-12  # plotting floor
     at.slider(key="toy_step_200").set_value(0).run()
     step0 = {row["loss"]: row for row in at.dataframe[0].value.to_dict("records")}
     assert step0["fkl"]["KL(p||q) at step"] > 100 * table["fkl"]["final KL(p||q)"]
+    line = chart(at, "Head and tail gaps")["layout"]["shapes"][-1]
+    assert line["x0"] == 0
+    assert "At step 0," in at.info[0].value
+
+
+def test_toy_lab_presets_apply_the_paper_settings(app_env):
+    at = open_page("2_Toy_lab.py")
+    assert (at.number_input(key="toy_lr").value, at.number_input(key="toy_steps").value) == \
+        (0.1, 200)
+    at.selectbox(key="toy_target").select("fig3_long_tail").run()
+    assert not at.exception and not errors(at)
+    paper = {"lr": 0.2, "steps": 300, "seed": 1}  # PAPER.md, Fig. 3
+    assert at.number_input(key="toy_lr").value == pytest.approx(paper["lr"])
+    assert at.number_input(key="toy_steps").value == paper["steps"]
+    assert at.number_input(key="toy_seed").value == paper["seed"]
+    assert any("lr 0.2, 300 steps" in c.value for c in at.caption)
+    assert at.get("slider")[0].max == 300  # the page ran with the preset's settings
+    at.selectbox(key="toy_target").select("fig2_unimodal").run()
+    assert at.number_input(key="toy_lr").value == pytest.approx(0.1)
+    assert at.number_input(key="toy_steps").value == 200
+    at.selectbox(key="toy_target").select("custom mixture").run()
+    assert {"toy_weights", "toy_means", "toy_stds"} <= {w.key for w in at.text_input}
+
+
+def test_toy_lab_classic_demo_offers_akl_and_follows_the_sidebar(app_env):
+    at = open_page("2_Toy_lab.py")
     at.radio(key="toy_view").set_value("Classic one-Gaussian demo").run()
-    assert not at.exception and len(at.get("plotly_chart")) == 1
+    assert not at.exception and not errors(at) and not none_texts(at)
+    assert len(at.get("plotly_chart")) == 1
+    # only the controls the demo uses: no bins, target or mu
+    keys = {w.key for w in [*at.number_input, *at.selectbox, *at.text_input]}
+    assert not keys & {"toy_mu", "toy_target", "toy_bins"}
+    assert at.multiselect(key="toy_classic_losses").value == ["fkl", "rkl", "akl"]
+    fits = {r["loss"]: r for r in at.dataframe[0].value.to_dict("records")}
+    assert set(fits) == {"fkl", "rkl", "akl"}
+    assert fits["fkl"]["std"] > 2 * fits["rkl"]["std"]  # FKL spreads, RKL locks onto a mode
+    notice = at.info[0].value
+    assert "**fkl** spreads over both modes" in notice and "**rkl** locks onto" in notice
+    # the sidebar's steps are used: 3 steps barely move the start (std 0.8)
+    at.number_input(key="toy_classic_steps").set_value(3)
+    at.multiselect(key="toy_classic_losses").set_value(["fkl"])
+    at.button(key="FormSubmitter:toy_classic_form-Fit the Gaussians").click().run()
+    fits = {r["loss"]: r for r in at.dataframe[0].value.to_dict("records")}
+    assert list(fits) == ["fkl"] and fits["fkl"]["std"] < 1.0
 
 
 def test_toy_lab_custom_mixture_and_bad_input(app_env):
     at = open_page("2_Toy_lab.py")
-    at.selectbox(key="toy_target").select("custom mixture")
+    at.selectbox(key="toy_target").select("custom mixture").run()  # shows the mixture fields
     at.number_input(key="toy_steps").set_value(20)
     at.text_input(key="toy_weights").input("1, x")
     at.button(key="FormSubmitter:toy_form-Run toy experiment").click().run()
@@ -277,7 +345,7 @@ def test_toy_lab_custom_mixture_and_bad_input(app_env):
     assert any("pick at least one loss" in e for e in errors(at))
     at.multiselect(key="toy_losses").set_value(["akl"])
     at.button(key="FormSubmitter:toy_form-Run toy experiment").click().run()
-    assert not at.exception and not errors(at)
+    assert not at.exception and not errors(at) and not none_texts(at)
     assert len(at.get("plotly_chart")) == 4
 
 

@@ -247,7 +247,7 @@ def snapshot_panels(
 
 
 def _add_curves(fig: go.Figure, histories: Mapping[str, Any], key: str, *, row: int | None,
-                col: int | None, show_legend: bool) -> None:
+                col: int | None, show_legend: bool, floor: float | None = None) -> None:
     kw = {} if row is None else {"row": row, "col": col}
     for i, (label, h) in enumerate(histories.items()):
         hist = _history(h, label)
@@ -257,6 +257,8 @@ def _add_curves(fig: go.Figure, histories: Mapping[str, Any], key: str, *, row: 
         values = _arr(hist[key], key)
         if steps.shape != values.shape:
             raise ValueError(f"history {label!r}: 'step' and {key!r} differ in length")
+        if floor is not None:
+            values = np.maximum(values, floor)
         fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=label,
                                  line=loss_line(label, i), legendgroup=label,
                                  showlegend=show_legend), **kw)
@@ -270,12 +272,16 @@ def curves_figure(
     title: str | None = None,
     ylabel: str | None = None,
     xlabel: str = "step",
+    floor: float | None = None,
 ) -> go.Figure:
-    """One line per run of history[key] over history['step'] (histories: {label: history})."""
+    """One line per run of history[key] over history['step'] (histories: {label: history}).
+
+    floor: values below it are drawn at it (a plotting floor for log axes, where 0 vanishes).
+    """
     if not histories:
         raise ValueError("histories is empty: nothing to plot")
     fig = go.Figure()
-    _add_curves(fig, histories, key, row=None, col=None, show_legend=True)
+    _add_curves(fig, histories, key, row=None, col=None, show_legend=True, floor=floor)
     name = LABELS.get(key, key)
     fig.update_layout(title={"text": title or f"{name} over training steps"},
                       xaxis_title=xlabel, yaxis_title=ylabel or name, legend_title_text="loss")
@@ -286,11 +292,12 @@ def curves_figure(
 
 def divergence_curves(
     histories: Mapping[str, Any], key: str = "fkl", *, log_y: bool = True,
-    title: str | None = None,
+    title: str | None = None, floor: float | None = None,
 ) -> go.Figure:
-    """A recorded divergence (default KL(p||q)) over steps, one line per loss; log y by default."""
+    """A recorded divergence (default KL(p||q)) over steps, one line per loss; log y by default.
+    floor: a plotting floor (e.g. 1e-12: a divergence of 0 stays visible on the log axis)."""
     name = LABELS.get(key, key)
-    return curves_figure(histories, key, log_y=log_y, ylabel=name,
+    return curves_figure(histories, key, log_y=log_y, ylabel=name, floor=floor,
                          title=title or f"{name} between teacher and student over steps")
 
 
