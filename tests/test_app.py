@@ -17,6 +17,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 import akl_core  # noqa: E402
+from akl_core.lab import viz  # noqa: E402
 from tests.small_lm import examples, save_bundle, small_teacher, write_jsonl  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "app" / "Home.py"
@@ -466,31 +467,72 @@ def saved_runs(app_env):
 
 
 def test_compare_runs_overlays_and_evaluates(app_env, saved_runs):
+    import re
+
     root, (run0, run1) = saved_runs
     at = open_page("3_Compare_runs.py")
     at.text_input(key="cmp_root").input(str(root)).run()
-    assert not at.exception and not errors(at)
+    assert not at.exception and not errors(at) and not none_texts(at)
     table = at.dataframe[0].value.to_dict("records")
-    assert [r["run"] for r in table] == ["run0-fkl", "run1-akl"]
+    # labels like "fkl - 2 steps - 22:28"; the folder stays in its own column
+    assert [r["folder"] for r in table] == ["run0-fkl", "run1-akl"]
+    assert all(re.fullmatch(r"(fkl|akl) - 2 steps - \d\d:\d\d", r["run"]) for r in table)
     assert [r["steps"] for r in table] == [2, 2]
-    assert len(at.get("plotly_chart")) == 1
-    # a run without a saved student cannot be evaluated: a clear message
-    at.selectbox(key="cmp_eval_run").select("run0-fkl")
+    # config columns, '-' instead of None (fkl has no mu; nothing evaluated yet)
+    assert [r["mu"] for r in table] == ["-", "0.5"]
+    assert [r["batch x length"] for r in table] == ["2 x 48"] * 2
+    assert {r["rougeL_teacher"] for r in table} == {"-"}
+    assert not any(v is None or v == "None" for r in table for v in r.values())
+    assert [r["saved student"] for r in table] == ["no", "yes"]
+    # column help on the table
+    config = at.dataframe[0].proto.columns
+    assert "saved student" in config and "needed to evaluate" in config
+    # curves: colour by loss, dash by run
+    curves = chart(at, "Loss, head/tail gaps")
+    lines = {tr["name"]: tr["line"] for tr in curves["data"] if tr.get("showlegend")}
+    fkl_label, akl_label = (r["run"] for r in table)
+    assert lines[fkl_label]["color"] == viz.loss_color("fkl")
+    assert lines[akl_label]["color"] == viz.loss_color("akl")
+    assert lines[fkl_label]["dash"] != lines[akl_label]["dash"]
+    # only the run with a saved student is offered; a sentence says why the other is not
+    assert at.selectbox(key="cmp_eval_run").options == [akl_label]
+    assert any(fkl_label in c.value and "did not save their trained student" in c.value
+               for c in at.caption)
     at.number_input(key="cmp_eval_n").set_value(2)
     at.number_input(key="cmp_eval_tokens").set_value(6)
     at.button(key="FormSubmitter:cmp_eval_form-Evaluate").click().run()
-    assert not at.exception
-    assert any("has no saved student" in e for e in errors(at)), errors(at)
-    # the other one can: eval.json is written, then metrics and generations are shown
-    at.selectbox(key="cmp_eval_run").select("run1-akl")
-    at.button(key="FormSubmitter:cmp_eval_form-Evaluate").click().run()
     assert not at.exception, at.exception
+    assert not any(e.startswith("Cannot list runs") for e in errors(at)), errors(at)
     result = json.loads((run1 / "eval.json").read_text())
     assert result["n_examples"] == 2 and len(result["generations"]) == 2
     eval_rows = at.dataframe[1].value.to_dict("records")
-    assert {(r["run"], r["model"]) for r in eval_rows} == {("run1-akl", "student"),
-                                                          ("run1-akl", "teacher")}
+    assert [r["model"] for r in eval_rows] == ["teacher", akl_label]
     assert any("Generations side by side" in h.value for h in at.subheader)
+    # a second evaluated run (with an empty generation): still one teacher row
+    other = {**result, "student": {**result["student"], "rougeL_teacher": 0.01},
+             "generations": [{**g, "student": ""} for g in result["generations"]]}
+    (run0 / "eval.json").write_text(json.dumps(other))
+    at.run()
+    eval_rows = at.dataframe[1].value.to_dict("records")
+    assert [r["model"] for r in eval_rows] == ["teacher", fkl_label, akl_label]
+    shown = [m.value for m in at.markdown]
+    assert "(empty: the student ended its turn at once)" in shown
+    (run0 / "eval.json").unlink()
+
+
+def test_compare_runs_shows_a_race_and_selected_rows(app_env, saved_runs):
+    root, (run0, run1) = saved_runs
+    config = json.loads((run0 / "config.json").read_text())
+    (run0 / "config.json").write_text(json.dumps({**config, "race_id": "race-1"}))
+    try:
+        at = open_page("3_Compare_runs.py")
+        at.text_input(key="cmp_root").input(str(root)).run()
+        assert not at.exception and not errors(at)
+        at.selectbox(key="cmp_race").select("race-1").run()
+        comparing = [c.value for c in at.caption if c.value.startswith("Comparing: ")]
+        assert comparing == ["Comparing: " + at.dataframe[0].value.to_dict("records")[0]["run"]]
+    finally:
+        (run0 / "config.json").write_text(json.dumps(config))
 
 
 def test_compare_runs_empty_folder(app_env):
