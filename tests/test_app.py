@@ -528,9 +528,21 @@ def test_compare_runs_shows_a_race_and_selected_rows(app_env, saved_runs):
         at = open_page("3_Compare_runs.py")
         at.text_input(key="cmp_root").input(str(root)).run()
         assert not at.exception and not errors(at)
+        labels = [r["run"] for r in at.dataframe[0].value.to_dict("records")]
+
+        def comparing() -> list[str]:
+            return [c.value for c in at.caption if c.value.startswith("Comparing: ")]
+
+        assert comparing() == ["Comparing: " + ", ".join(labels)]  # none selected: the last 3
+        # rows selected in the table (Streamlit's dataframe selection state)
+        at.session_state["cmp_all_table"] = {"selection": {"rows": [1], "columns": []}}
+        at.run()
+        assert comparing() == [f"Comparing: {labels[1]}"]
+        assert [tr["name"] for tr in chart(at, "Loss, head/tail")["data"]
+                if tr.get("showlegend")] == [labels[1]]
+        # a race: its runs together
         at.selectbox(key="cmp_race").select("race-1").run()
-        comparing = [c.value for c in at.caption if c.value.startswith("Comparing: ")]
-        assert comparing == ["Comparing: " + at.dataframe[0].value.to_dict("records")[0]["run"]]
+        assert comparing() == [f"Comparing: {labels[0]}"]
     finally:
         (run0 / "config.json").write_text(json.dumps(config))
 
@@ -579,3 +591,4 @@ def test_token_strip_html_escapes_and_colours():
     assert html.count("2px solid") == 1
     with pytest.raises(ValueError, match="2 tokens but 1 values"):
         token_strip_html(["a", "b"], [1.0], metric="w")
+
