@@ -592,3 +592,26 @@ def test_token_strip_html_escapes_and_colours():
     with pytest.raises(ValueError, match="2 tokens but 1 values"):
         token_strip_html(["a", "b"], [1.0], metric="w")
 
+
+
+# ------------------------------------------------------------------------ app-wide settings
+
+
+def test_presentation_mode_is_kept_across_pages_and_enlarges_fonts(app_env):
+    at = open_page()
+    icons = [el.proto.icon for el in at.get("page_link")]
+    assert all(icon.startswith(":material/") for icon in icons), icons  # no emoji boxes
+    assert at.toggle(key="_akl_presentation").value is False
+    assert not at.html  # no extra CSS by default
+    at.toggle(key="_akl_presentation").set_value(True).run()
+    assert at.session_state["akl_presentation"] is True
+    assert "font-size: 22px" in at.html[0].value
+    at.switch_page("pages/4_Token_inspector.py").run()
+    assert not at.exception
+    assert at.toggle(key="_akl_presentation").value is True  # kept across pages
+    assert any("font-size: 22px" in h.value for h in at.html)
+    fig = chart(at, "Teacher next-token distribution")
+    assert fig["layout"]["font"]["size"] == 22
+    assert fig["layout"]["xaxis3"]["tickfont"]["size"] == 22
+    at.toggle(key="_akl_presentation").set_value(False).run()
+    assert chart(at, "Teacher next-token distribution")["layout"]["font"]["size"] == 14
