@@ -39,7 +39,7 @@ ALLOWED_ENV = "AKL_ALLOWED_DIRS"
 PRESENTATION_KEY = "akl_presentation"
 PRESENTATION_FONT = 22  # figure font size (px) in presentation mode
 PRESENTATION_CSS = """<style>
-html { font-size: 22px; }
+html { font-size: 22px !important; }
 [data-testid="stMarkdownContainer"] p, [data-testid="stMarkdownContainer"] li,
 [data-testid="stCaptionContainer"], [data-testid="stWidgetLabel"] p { font-size: 1.05rem; }
 </style>"""

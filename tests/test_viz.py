@@ -245,6 +245,7 @@ def test_figure_fonts_are_at_least_14px_and_restyle():
     height = fig.layout.height
     viz.style_figure(fig, 22)
     assert fig.layout.font.size == 22 and fig.layout.title.font.size == 26
+    assert fig.layout.legend.title.font.size == 22
     assert fig.layout.xaxis2.tickfont.size == 22 and fig.layout.height > height
     log = viz.divergence_curves({"fkl": {"step": [0, 1], "fkl": [1.0, 0.0]}}, floor=1e-12)
     assert log.layout.yaxis.exponentformat == "power"  # 10^-3, not 0.001 / 1e-3

@@ -918,7 +918,8 @@ def style_figure(fig: go.Figure, size: int | None = None) -> go.Figure:
     size = int(FONT_SIZE if size is None else size)
     if size < 8:
         raise ValueError(f"font size must be >= 8 px, got {size}")
-    fig.update_layout(font={"size": size}, legend={"font": {"size": size}},
+    fig.update_layout(font={"size": size},
+                      legend={"font": {"size": size}, "title": {"font": {"size": size}}},
                       hoverlabel={"font": {"size": size}})
     if fig.layout.title is not None and fig.layout.title.text:
         fig.update_layout(title={"font": {"size": size + 4}})
