@@ -18,19 +18,20 @@ Explore how the divergences used for knowledge distillation of LLMs behave: forw
 """
 )
 
-st.page_link("pages/1_Live_distillation.py", label="Live distillation", icon="🔥")
+st.page_link("pages/1_Live_distillation.py", label="Live distillation",
+             icon=":material/local_fire_department:")
 st.caption(
     "A short teacher-to-student distillation with any loss of the catalogue: curves of the "
     "loss, the head/tail gaps and the AKL weight, and a probe text coloured token by token."
 )
-st.page_link("pages/2_Toy_lab.py", label="Toy lab", icon="🧪")
+st.page_link("pages/2_Toy_lab.py", label="Toy lab", icon=":material/science:")
 st.caption(
     "The paper's toy experiments: free student logits fitted to bimodal, unimodal and "
     "long-tail targets; snapshots over steps and g_head / g_tail curves per loss."
 )
-st.page_link("pages/3_Compare_runs.py", label="Compare runs", icon="📊")
+st.page_link("pages/3_Compare_runs.py", label="Compare runs", icon=":material/monitoring:")
 st.caption("Saved runs side by side: curves, evaluation metrics, generations.")
-st.page_link("pages/4_Token_inspector.py", label="Token inspector", icon="🔍")
+st.page_link("pages/4_Token_inspector.py", label="Token inspector", icon=":material/search:")
 st.caption(
     "Paste a text: the teacher's next-token distribution at every position (head size, head "
     "mass, entropy) and, with a student, every divergence per token."

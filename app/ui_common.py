@@ -36,11 +36,51 @@ REMOTE_ENV = "AKL_APP_ALLOW_REMOTE"
 ALLOWED_ENV = "AKL_ALLOWED_DIRS"
 
 
+PRESENTATION_KEY = "akl_presentation"
+PRESENTATION_FONT = 22  # figure font size (px) in presentation mode
+PRESENTATION_CSS = """<style>
+html { font-size: 22px !important; }
+[data-testid="stMarkdownContainer"] p, [data-testid="stMarkdownContainer"] li,
+[data-testid="stCaptionContainer"], [data-testid="stWidgetLabel"] p { font-size: 1.05rem; }
+</style>"""
+
+
+def _keep_presentation() -> None:
+    # widget state is dropped when a page without the widget runs; this plain key is kept
+    st.session_state[PRESENTATION_KEY] = st.session_state[f"_{PRESENTATION_KEY}"]
+
+
+def presentation_mode() -> bool:
+    """Whether presentation mode (large fonts in the page and in figures) is on."""
+    return bool(st.session_state.get(PRESENTATION_KEY, False))
+
+
 def page_setup(title: str) -> None:
-    """Common page config, the network guard (see guard_network) and the title."""
+    """Common page config, the network guard (see guard_network), the presentation-mode
+    toggle (kept in st.session_state across pages) and the title."""
     st.set_page_config(page_title=f"AKL Explorer: {title}", layout="wide")
     guard_network()
+    st.sidebar.toggle("Presentation mode", value=presentation_mode(),
+                      key=f"_{PRESENTATION_KEY}", on_change=_keep_presentation,
+                      help="Large fonts in the page and in the figures, for a projector.")
+    if presentation_mode():
+        st.html(PRESENTATION_CSS)
     st.title(title)
+
+
+def figure_font_size() -> int:
+    """Figure font size (px) for this session: viz.FONT_SIZE, larger in presentation mode."""
+    from akl_core.lab import viz
+
+    return max(viz.FONT_SIZE, PRESENTATION_FONT) if presentation_mode() else viz.FONT_SIZE
+
+
+def plotly_chart(fig: Any, **kwargs: Any) -> Any:
+    """st.plotly_chart with the session's figure fonts (presentation mode); same arguments."""
+    from akl_core.lab import viz
+
+    viz.style_figure(fig, figure_font_size())
+    return st.plotly_chart(fig, **kwargs)
 
 
 def is_loopback(address: str | None) -> bool:
@@ -261,10 +301,13 @@ def param_widget(spec: Any, *, key: str, container: Any = None) -> Any:
     )
 
 
-def loss_picker(*, key: str, container: Any = None, default: str = "akl") -> tuple[str, dict]:
+def loss_picker(*, key: str, container: Any = None, default: str = "akl",
+                skip: Sequence[str] = ()) -> tuple[str, dict]:
     """Selectbox over akl_core.LOSSES plus one widget per parameter. Returns (name, params).
 
     Params are returned as entered (not validated); call akl_core.resolve_params on them.
+    Parameters named in `skip` get no widget and are left out of params (the page sets them
+    from its own control, e.g. one mu/boundary for the whole page).
     """
     import akl_core
 
@@ -277,7 +320,7 @@ def loss_picker(*, key: str, container: Any = None, default: str = "akl") -> tup
     )
     params = {
         pname: param_widget(pspec, key=f"{key}_{name}_{pname}", container=box)
-        for pname, pspec in akl_core.LOSSES[name].params.items()
+        for pname, pspec in akl_core.LOSSES[name].params.items() if pname not in skip
     }
     return name, params
 
@@ -374,3 +417,80 @@ def parse_floats(text: str, what: str) -> tuple[float, ...]:
     if not all(math.isfinite(v) for v in values):
         raise ValueError(f"{what}: numbers must be finite, got {text!r}")
     return values
+
+
+# --------------------------------------------------------------------------- token view
+
+
+def token_view(
+    tokens: Sequence[str],
+    metrics: Mapping[str, Sequence[float]],
+    metric: str,
+    *,
+    key: str,
+    context: Sequence[str] = (),
+    pick_key: str | None = None,
+    zrange: tuple[float, float] | None = None,
+    title: str | None = None,
+) -> int:
+    """Clickable tokens coloured by `metrics[metric]` with every metric on hover; returns the
+    selected position (0-based over `tokens`).
+
+    tokens [T]: the predicted tokens; metrics: {name: [T] numbers} (e.g. w, g_head, g_tail,
+    head_size, head_mass, teacher_entropy, student_entropy, loss_value), all shown on hover;
+    context: tokens drawn first in grey (the text's first token, which nothing predicts).
+    Colours use a FIXED range: `zrange`, else viz.TOKEN_SCALES[metric] (w in [0, 1], gaps in
+    [0, 2]), else the finite min/max of the values. A click on a token selects it (and a
+    "Pick a token" selectbox under the chart, key `pick_key` (default f"{key}_token"), does the
+    same without a mouse); the choice is kept in st.session_state[pick_key].
+
+        pos = token_view(diag.tokens, {"w": diag.w, "g_head": diag.g_head}, "w", key="live",
+                         context=[first_token])
+    """
+    from akl_core.lab import viz
+
+    if metric not in metrics:
+        raise ValueError(f"no metric {metric!r}; have {sorted(metrics)}")
+    values = [float(v) if v is not None else math.nan for v in metrics[metric]]
+    n = len(tokens)
+    if n == 0:
+        raise ValueError("no tokens to show")
+    pick_key = pick_key or f"{key}_token"
+    current = st.session_state.get(pick_key)
+    if not isinstance(current, int) or not 0 <= current < n:
+        current = 0
+        st.session_state.pop(pick_key, None)
+    scale = viz.TOKEN_SCALES.get(metric)
+    if zrange is not None:
+        lo, hi = zrange
+    elif scale is not None:
+        lo, hi = scale[0], scale[1]
+    else:
+        finite = [v for v in values if math.isfinite(v)]
+        lo, hi = min(finite, default=0.0), max(finite, default=1.0)
+        if hi <= lo:
+            hi = lo + 1.0
+    colorscale = scale[2] if scale else ("RdBu_r" if metric == "w" else "YlOrRd")
+    ticks = scale[3] if scale else None
+    hover = {name: [float(v) if v is not None else math.nan for v in vals]
+             for name, vals in metrics.items()}
+    fig = viz.token_view_figure(tokens, values, value_label=metric, hover=hover, zmin=lo,
+                                zmax=hi, colorscale=colorscale, ticks=ticks, context=context,
+                                selected=current, title=title)
+    event = plotly_chart(fig, key=f"{key}_tokens_chart", on_select="rerun",
+                         selection_mode="points")
+    points = []
+    try:
+        points = list(event.selection.points)
+    except AttributeError:
+        points = []
+    clicked = next((int(p.get("point_index", p.get("point_number", -1))) for p in points
+                    if p.get("curve_number", 0) == 0), None)
+    if clicked is not None and 0 <= clicked < n and clicked != current:
+        st.session_state[pick_key] = clicked
+        st.rerun()  # redraw with the new token outlined
+    extra = {} if pick_key in st.session_state else {"index": current}
+    return int(st.selectbox(
+        "Pick a token (or click one above)", list(range(n)), key=pick_key,
+        format_func=lambda i: f"{i}: {viz.cell_token(tokens[i])!r}", **extra,
+    ))

@@ -17,6 +17,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 import akl_core  # noqa: E402
+from akl_core.lab import viz  # noqa: E402
 from tests.small_lm import examples, save_bundle, small_teacher, write_jsonl  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "app" / "Home.py"
@@ -246,9 +247,20 @@ def test_live_bad_student_fails_in_the_page(app_env, other_tokenizer_model, stud
 # ------------------------------------------------------------------------------------ toy lab
 
 
+def none_texts(at: AppTest) -> list[str]:
+    """Text elements that print a bare None (e.g. magic writing a call's None result)."""
+    found = []
+    for kind in ("markdown", "text", "caption", "code", "json"):
+        for el in at.get(kind):
+            value = str(getattr(el, "value", "") or "")
+            if value.strip("` \n") == "None":
+                found.append(f"{kind}: {value}")
+    return found
+
+
 def test_toy_lab_trains_and_draws(app_env):
     at = open_page("2_Toy_lab.py")
-    assert not errors(at)
+    assert not errors(at) and not none_texts(at)
     mu = at.number_input(key="toy_mu")
     assert (mu.min, mu.max, mu.value) == (0.0, 1.0, 0.5)
     assert at.multiselect(key="toy_losses").value == ["fkl", "rkl", "akl"]
@@ -256,16 +268,74 @@ def test_toy_lab_trains_and_draws(app_env):
     # default: Fig. 2 bimodal, 200 steps; both FKL and RKL converge (KL(p||q) < 1e-3)
     table = {row["loss"]: row for row in at.dataframe[0].value.to_dict("records")}
     assert table["fkl"]["final KL(p||q)"] < 1e-3 and table["rkl"]["final KL(p||q)"] < 1e-3
+    assert all(row["final KL(p||q)"] >= 0 for row in table.values())  # clamped, never -6e-8
+    # custom-mixture fields only for a custom mixture
+    assert "toy_weights" not in [w.key for w in at.text_input]
+    # what to notice, computed from the run at the selected step (10)
+    notice = at.info[0].value
+    head = min(table, key=lambda n: table[n]["g_head"])
+    assert f"At step 10, **{head}** has the smallest head gap" in notice
+    # the selected step is marked on the three time-series figures; log axes say 10^k
+    for title in ("Head and tail gaps", "KL(p||q) (forward) between", "AKL weight w on FKL over"):
+        (line,) = chart(at, title)["layout"]["shapes"][-1:]
+        assert line["x0"] == line["x1"] == 10, title
+    kl = chart(at, "KL(p||q) (forward) between")
+    assert kl["layout"]["yaxis"]["type"] == "log"
+    assert kl["layout"]["yaxis"]["exponentformat"] == "power"
+    assert min(min(values(tr["y"])) for tr in kl["data"]) >= 1e-12  # plotting floor
     at.slider(key="toy_step_200").set_value(0).run()
     step0 = {row["loss"]: row for row in at.dataframe[0].value.to_dict("records")}
     assert step0["fkl"]["KL(p||q) at step"] > 100 * table["fkl"]["final KL(p||q)"]
+    line = chart(at, "Head and tail gaps")["layout"]["shapes"][-1]
+    assert line["x0"] == 0
+    assert "At step 0," in at.info[0].value
+
+
+def test_toy_lab_presets_apply_the_paper_settings(app_env):
+    at = open_page("2_Toy_lab.py")
+    assert (at.number_input(key="toy_lr").value, at.number_input(key="toy_steps").value) == \
+        (0.1, 200)
+    at.multiselect(key="toy_losses").set_value(["fkl"])  # one loss: a faster test
+    at.button(key="FormSubmitter:toy_form-Run toy experiment").click().run()
+    at.selectbox(key="toy_target").select("fig3_long_tail").run()
+    assert not at.exception and not errors(at)
+    paper = {"lr": 0.2, "steps": 300, "seed": 1}  # PAPER.md, Fig. 3
+    assert at.number_input(key="toy_lr").value == pytest.approx(paper["lr"])
+    assert at.number_input(key="toy_steps").value == paper["steps"]
+    assert at.number_input(key="toy_seed").value == paper["seed"]
+    assert any("lr 0.2, 300 steps" in c.value for c in at.caption)
+    assert at.get("slider")[0].max == 300  # the page ran with the preset's settings
+    at.selectbox(key="toy_target").select("fig2_unimodal").run()
+    assert at.number_input(key="toy_lr").value == pytest.approx(0.1)
+    assert at.number_input(key="toy_steps").value == 200
+
+
+def test_toy_lab_classic_demo_offers_akl_and_follows_the_sidebar(app_env):
+    at = open_page("2_Toy_lab.py")
     at.radio(key="toy_view").set_value("Classic one-Gaussian demo").run()
-    assert not at.exception and len(at.get("plotly_chart")) == 1
+    assert not at.exception and not errors(at) and not none_texts(at)
+    assert len(at.get("plotly_chart")) == 1
+    # only the controls the demo uses: no bins, target or mu
+    keys = {w.key for w in [*at.number_input, *at.selectbox, *at.text_input]}
+    assert not keys & {"toy_mu", "toy_target", "toy_bins"}
+    assert at.multiselect(key="toy_classic_losses").value == ["fkl", "rkl", "akl"]
+    fits = {r["loss"]: r for r in at.dataframe[0].value.to_dict("records")}
+    assert set(fits) == {"fkl", "rkl", "akl"}
+    assert fits["fkl"]["std"] > 2 * fits["rkl"]["std"]  # FKL spreads, RKL locks onto a mode
+    notice = at.info[0].value
+    assert "**fkl** spreads over both modes" in notice and "**rkl** locks onto" in notice
+    # the sidebar's steps are used: 3 steps barely move the start (std 0.8)
+    at.number_input(key="toy_classic_steps").set_value(3)
+    at.multiselect(key="toy_classic_losses").set_value(["fkl"])
+    at.button(key="FormSubmitter:toy_classic_form-Fit the Gaussians").click().run()
+    fits = {r["loss"]: r for r in at.dataframe[0].value.to_dict("records")}
+    assert list(fits) == ["fkl"] and fits["fkl"]["std"] < 1.0
 
 
 def test_toy_lab_custom_mixture_and_bad_input(app_env):
     at = open_page("2_Toy_lab.py")
-    at.selectbox(key="toy_target").select("custom mixture")
+    at.selectbox(key="toy_target").select("custom mixture").run()  # shows the mixture fields
+    assert {"toy_weights", "toy_means", "toy_stds"} <= {w.key for w in at.text_input}
     at.number_input(key="toy_steps").set_value(20)
     at.text_input(key="toy_weights").input("1, x")
     at.button(key="FormSubmitter:toy_form-Run toy experiment").click().run()
@@ -277,21 +347,55 @@ def test_toy_lab_custom_mixture_and_bad_input(app_env):
     assert any("pick at least one loss" in e for e in errors(at))
     at.multiselect(key="toy_losses").set_value(["akl"])
     at.button(key="FormSubmitter:toy_form-Run toy experiment").click().run()
-    assert not at.exception and not errors(at)
+    assert not at.exception and not errors(at) and not none_texts(at)
     assert len(at.get("plotly_chart")) == 4
 
 
 # ------------------------------------------------------------------------- token inspector
 
 
+def charts(at: AppTest) -> dict[str, dict]:
+    """The page's plotly figures as dicts, by title text (Streamlit sends each as JSON)."""
+    out = {}
+    for el in at.get("plotly_chart"):
+        fig = json.loads(el.proto.spec)
+        out[fig["layout"].get("title", {}).get("text", "")] = fig
+    return out
+
+
+def values(array) -> list:
+    """A plotly JSON array as a list (numpy arrays travel as {'dtype', 'bdata'})."""
+    import base64
+
+    import numpy as np
+
+    if isinstance(array, dict) and "bdata" in array:
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"]).tolist()
+    return list(array)
+
+
+def chart(at: AppTest, title_part: str) -> dict:
+    found = [f for t, f in charts(at).items() if title_part in t]
+    assert len(found) == 1, (title_part, list(charts(at)))
+    return found[0]
+
+
 def test_token_inspector_teacher_only_and_with_student(app_env):
     at = open_page("4_Token_inspector.py")
-    assert not errors(at)
+    assert not errors(at) and not none_texts(at)
     assert at.selectbox(key="insp_metric").options == ["head_size", "head_mass",
                                                        "teacher_entropy"]
     n_tokens = len(at.selectbox(key="insp_token").options)
-    assert at.html[0].value.count('class="akl-tok"') == n_tokens > 5
-    assert len(at.get("plotly_chart")) == 2
+    view = chart(at, "Tokens coloured by")
+    cells, context = view["data"][0], view["data"][1]
+    assert len(cells["text"]) == n_tokens > 5
+    # the text's first token is shown, greyed, as context (nothing predicts it)
+    assert context["name"] == "context (not predicted)" and len(context["text"]) == 1
+    # one mu / boundary control for the page (not one more under the chosen loss)
+    mu_labels = [w.label for w in at.number_input if w.label.startswith("mu")]
+    assert mu_labels == ["mu (head mass)"]
+    assert [w.label for w in at.selectbox if w.label == "boundary"] == ["boundary"]
+    assert len(at.get("plotly_chart")) == 3  # teacher curves, token view, top-k bars
     # an impossible student is a message, not a traceback
     at.selectbox(key="insp_student_choice").select("truncate:4").run()
     assert not at.exception
@@ -302,11 +406,34 @@ def test_token_inspector_teacher_only_and_with_student(app_env):
     assert not at.exception and not errors(at)
     options = at.selectbox(key="insp_metric").options
     assert set(akl_core.LOSSES) <= set(options) and "akl (chosen)" in options
+    assert at.selectbox(key="insp_metric").value == "w"
     rows = at.dataframe[0].value.to_dict("records")
     by_name = {r["divergence"]: r["mean over positions"] for r in rows}
     assert by_name["akl (chosen)"] == pytest.approx(by_name["akl"], rel=1e-5)
     assert all(v >= -1e-6 for v in by_name.values())
     assert by_name["fkl"] > 0
+    # the student's per-position curves, and every number on hover of a token
+    curves = chart(at, "Student against the teacher")
+    titles = [a["text"] for a in curves["layout"]["annotations"]]
+    assert {"head gap g_head", "tail gap g_tail", "AKL weight w on FKL"} <= set(titles)
+    assert len(values(curves["data"][0]["y"])) == n_tokens
+    hover = chart(at, "Tokens coloured by")["data"][0]["hovertemplate"]
+    for name in ("g_head", "g_tail", "head_size", "head_mass", "teacher_entropy",
+                 "student_entropy", "akl loss value", "AKL weight w on FKL"):
+        assert name in hover, (name, hover)
+    # the fixed w range and its labelled colour bar
+    bar = chart(at, "Tokens coloured by")["data"][2]["marker"]
+    assert (bar["cmin"], bar["cmax"]) == (0.0, 1.0)
+    assert "w < 0.5 leans RKL" in bar["colorbar"]["title"]["text"]
+    # the loss's mu follows the page's single mu control
+    at.number_input(key="insp_mu").set_value(0.8).run()
+    assert not at.exception and not errors(at)
+    assert "mu = 0.8" in chart(at, "Student against the teacher")["layout"]["title"]["text"]
+    # picking a token outlines it and redraws the top-k bars for it
+    at.selectbox(key="insp_token").select(2).run()
+    widths = chart(at, "Tokens coloured by")["data"][0]["marker"]["line"]["width"]
+    assert widths[2] == 4 and sum(widths) == 4
+    assert chart(at, "Position 2:")
 
 
 def test_token_inspector_empty_text_is_an_error(app_env):
@@ -341,31 +468,84 @@ def saved_runs(app_env):
 
 
 def test_compare_runs_overlays_and_evaluates(app_env, saved_runs):
+    import re
+
     root, (run0, run1) = saved_runs
     at = open_page("3_Compare_runs.py")
     at.text_input(key="cmp_root").input(str(root)).run()
-    assert not at.exception and not errors(at)
+    assert not at.exception and not errors(at) and not none_texts(at)
     table = at.dataframe[0].value.to_dict("records")
-    assert [r["run"] for r in table] == ["run0-fkl", "run1-akl"]
+    # labels like "fkl - 2 steps - 22:28"; the folder stays in its own column
+    assert [r["folder"] for r in table] == ["run0-fkl", "run1-akl"]
+    assert all(re.fullmatch(r"(fkl|akl) - 2 steps - \d\d:\d\d", r["run"]) for r in table)
     assert [r["steps"] for r in table] == [2, 2]
-    assert len(at.get("plotly_chart")) == 1
-    # a run without a saved student cannot be evaluated: a clear message
-    at.selectbox(key="cmp_eval_run").select("run0-fkl")
+    # config columns, '-' instead of None (fkl has no mu; nothing evaluated yet)
+    assert [r["mu"] for r in table] == ["-", "0.5"]
+    assert [r["batch x length"] for r in table] == ["2 x 48"] * 2
+    assert {r["rougeL_teacher"] for r in table} == {"-"}
+    assert not any(v is None or v == "None" for r in table for v in r.values())
+    assert [r["saved student"] for r in table] == ["no", "yes"]
+    # column help on the table
+    config = at.dataframe[0].proto.columns
+    assert "saved student" in config and "needed to evaluate" in config
+    # curves: colour by loss, dash by run
+    curves = chart(at, "Loss, head/tail gaps")
+    lines = {tr["name"]: tr["line"] for tr in curves["data"] if tr.get("showlegend")}
+    fkl_label, akl_label = (r["run"] for r in table)
+    assert lines[fkl_label]["color"] == viz.loss_color("fkl")
+    assert lines[akl_label]["color"] == viz.loss_color("akl")
+    assert lines[fkl_label]["dash"] != lines[akl_label]["dash"]
+    # only the run with a saved student is offered; a sentence says why the other is not
+    assert at.selectbox(key="cmp_eval_run").options == [akl_label]
+    assert any(fkl_label in c.value and "did not save their trained student" in c.value
+               for c in at.caption)
     at.number_input(key="cmp_eval_n").set_value(2)
     at.number_input(key="cmp_eval_tokens").set_value(6)
     at.button(key="FormSubmitter:cmp_eval_form-Evaluate").click().run()
-    assert not at.exception
-    assert any("has no saved student" in e for e in errors(at)), errors(at)
-    # the other one can: eval.json is written, then metrics and generations are shown
-    at.selectbox(key="cmp_eval_run").select("run1-akl")
-    at.button(key="FormSubmitter:cmp_eval_form-Evaluate").click().run()
     assert not at.exception, at.exception
+    assert not any(e.startswith("Cannot list runs") for e in errors(at)), errors(at)
     result = json.loads((run1 / "eval.json").read_text())
     assert result["n_examples"] == 2 and len(result["generations"]) == 2
     eval_rows = at.dataframe[1].value.to_dict("records")
-    assert {(r["run"], r["model"]) for r in eval_rows} == {("run1-akl", "student"),
-                                                          ("run1-akl", "teacher")}
+    assert [r["model"] for r in eval_rows] == ["teacher", akl_label]
     assert any("Generations side by side" in h.value for h in at.subheader)
+    # a second evaluated run (with an empty generation): still one teacher row
+    other = {**result, "student": {**result["student"], "rougeL_teacher": 0.01},
+             "generations": [{**g, "student": ""} for g in result["generations"]]}
+    (run0 / "eval.json").write_text(json.dumps(other))
+    at.run()
+    eval_rows = at.dataframe[1].value.to_dict("records")
+    assert [r["model"] for r in eval_rows] == ["teacher", fkl_label, akl_label]
+    shown = [m.value for m in at.markdown]
+    assert "(empty: the student ended its turn at once)" in shown
+    (run0 / "eval.json").unlink()
+
+
+def test_compare_runs_shows_a_race_and_selected_rows(app_env, saved_runs):
+    root, (run0, run1) = saved_runs
+    config = json.loads((run0 / "config.json").read_text())
+    (run0 / "config.json").write_text(json.dumps({**config, "race_id": "race-1"}))
+    try:
+        at = open_page("3_Compare_runs.py")
+        at.text_input(key="cmp_root").input(str(root)).run()
+        assert not at.exception and not errors(at)
+        labels = [r["run"] for r in at.dataframe[0].value.to_dict("records")]
+
+        def comparing() -> list[str]:
+            return [c.value for c in at.caption if c.value.startswith("Comparing: ")]
+
+        assert comparing() == ["Comparing: " + ", ".join(labels)]  # none selected: the last 3
+        # rows selected in the table (Streamlit's dataframe selection state)
+        at.session_state["cmp_all_table"] = {"selection": {"rows": [1], "columns": []}}
+        at.run()
+        assert comparing() == [f"Comparing: {labels[1]}"]
+        assert [tr["name"] for tr in chart(at, "Loss, head/tail")["data"]
+                if tr.get("showlegend")] == [labels[1]]
+        # a race: its runs together
+        at.selectbox(key="cmp_race").select("race-1").run()
+        assert comparing() == [f"Comparing: {labels[0]}"]
+    finally:
+        (run0 / "config.json").write_text(json.dumps(config))
 
 
 def test_compare_runs_empty_folder(app_env):
@@ -387,11 +567,11 @@ def test_topk_figure_marks_the_head_boundary():
     student = [["c", 0.5], ["a", 0.3], ["d", 0.1], ["b", 0.1]]
     fig = viz.topk_figure(teacher, student, head_size=2, title="t")
     bars = [tr for tr in fig.data if tr.type == "bar"]
-    assert [list(b.y) for b in bars] == [["1. a", "2. b", "3. c", "4. d"],
-                                         ["1. c", "2. a", "3. d", "4. b"]]
+    assert [list(b.y) for b in bars] == [["a", "b", "c", "d"]] * 2  # one order, both panels
+    assert list(bars[1].x) == [0.3, 0.1, 0.5, 0.1]  # student's p for each token
     gold = bars[0].marker.color[0]
-    assert list(bars[0].marker.color).count(gold) == 2  # teacher: a, b are head
-    assert [c == gold for c in bars[1].marker.color] == [False, True, False, True]
+    assert [c == gold for c in bars[0].marker.color] == [True, True, False, False]
+    assert [c == gold for c in bars[1].marker.color] == [True, True, False, False]
     (line,) = fig.layout.shapes
     assert line.y0 == line.y1 == 1.5  # between rank 2 and rank 3
     with pytest.raises(ValueError, match="empty"):
@@ -412,3 +592,27 @@ def test_token_strip_html_escapes_and_colours():
     assert html.count("2px solid") == 1
     with pytest.raises(ValueError, match="2 tokens but 1 values"):
         token_strip_html(["a", "b"], [1.0], metric="w")
+
+
+
+# ------------------------------------------------------------------------ app-wide settings
+
+
+def test_presentation_mode_is_kept_across_pages_and_enlarges_fonts(app_env):
+    at = open_page()
+    icons = [el.proto.icon for el in at.get("page_link")]
+    assert all(icon.startswith(":material/") for icon in icons), icons  # no emoji boxes
+    assert at.toggle(key="_akl_presentation").value is False
+    assert not at.html  # no extra CSS by default
+    at.toggle(key="_akl_presentation").set_value(True).run()
+    assert at.session_state["akl_presentation"] is True
+    assert "font-size: 22px" in at.html[0].value
+    at.switch_page("pages/4_Token_inspector.py").run()
+    assert not at.exception
+    assert at.toggle(key="_akl_presentation").value is True  # kept across pages
+    assert any("font-size: 22px" in h.value for h in at.html)
+    fig = chart(at, "Teacher next-token distribution")
+    assert fig["layout"]["font"]["size"] == 22
+    assert fig["layout"]["xaxis3"]["tickfont"]["size"] == 22
+    at.toggle(key="_akl_presentation").set_value(False).run()
+    assert chart(at, "Teacher next-token distribution")["layout"]["font"]["size"] == 14

@@ -180,3 +180,81 @@ def test_sweep_and_seed_scores_figures():
     assert any("teacher 20" in a.text for a in fig.layout.annotations)
     with pytest.raises(ValueError, match="empty"):
         viz.sweep_figure([], "mu", ["a"])
+
+
+# ------------------------------------------------------- token view, top-k union, figure fonts
+
+
+def test_topk_figure_shows_the_union_of_tokens_on_a_shared_x_range():
+    teacher = [[" the", 0.5], ["\n", 0.3], [" ", 0.1]]
+    student = [["a", 0.9], [" the", 0.05], ["b", 0.02]]
+    fig = viz.topk_figure(teacher, student, head_size=1)
+    bars = [tr for tr in fig.data if tr.type == "bar"]
+    union = ["␣the", "↵", "␣", "a", "b"]  # teacher order, then the student's other tokens
+    assert [list(b.y) for b in bars] == [union, union]
+    assert list(bars[0].x) == [0.5, 0.3, 0.1, None, None]  # no bar outside a top-k
+    assert list(bars[1].x) == [0.05, None, None, 0.9, 0.02]
+    assert fig.layout.xaxis.range == fig.layout.xaxis2.range
+    assert fig.layout.xaxis.range[1] >= 0.9
+    assert "not in teacher p's top-k" in bars[0].customdata[3]
+    # whitespace-only and empty tokens are visible; two ids decoding alike stay apart
+    assert viz.topk_label("") == "∅" and viz.topk_label("\t") == "→"
+    dup = viz.topk_figure([["x", 0.6], ["x", 0.3]])
+    assert list(dup.data[0].y) == ["x", "x (2)"]
+
+
+def test_token_view_figure_cells_hover_context_and_fixed_range():
+    tokens = [" The", " cat", "\n", "  ", "."]
+    w = [0.0, 0.25, 0.5, 1.0, float("nan")]
+    fig = viz.token_view_figure(
+        tokens, w, value_label="w", hover={"g_head": [0, 1, 2, 0.5, 1], "head_size": [1] * 5},
+        context=["<s>"], selected=1, ticks=viz.W_TICKS)
+    cells, context, scale = fig.data
+    assert list(cells.text) == [" The", " cat", "↵", "␣␣", "."]  # whitespace visible
+    assert list(context.text) == ["<s>"] and context.marker.color == viz.CONTEXT_COLOR
+    # one point per position, in order: a click's point index is the position
+    assert [int(c[0]) for c in cells.customdata] == [0, 1, 2, 3, 4]
+    for name in ("g_head", "head_size", "AKL weight w on FKL"):
+        assert name in cells.hovertemplate
+    assert list(cells.marker.line.width) == [0, 4, 0, 0, 0]
+    # the colour range is the caller's, not the data's; NaN is grey
+    assert (scale.marker.cmin, scale.marker.cmax) == (0.0, 1.0)
+    assert "w < 0.5 leans RKL" in scale.marker.colorbar.title.text
+    assert "0.5: even" in scale.marker.colorbar.ticktext
+    assert cells.marker.color[4] == viz.CONTEXT_COLOR
+    same = viz.token_view_figure(tokens[:2], [0.0, 0.25], zmin=0.0, zmax=1.0)
+    assert same.data[0].marker.color[1] == cells.marker.color[1]  # fixed range: same colour
+    # the token after a newline starts a new line
+    rows = list(cells.y)
+    assert rows[2] == rows[1] and rows[3] == rows[2] + 1
+    with pytest.raises(ValueError, match="2 tokens but 1 values"):
+        viz.token_view_figure(["a", "b"], [0.1])
+    with pytest.raises(ValueError, match="zmin < zmax"):
+        viz.token_view_figure(["a"], [0.1], zmin=1.0, zmax=1.0)
+    with pytest.raises(ValueError, match="hover 'g'"):
+        viz.token_view_figure(["a"], [0.1], hover={"g": [1, 2]})
+    with pytest.raises(ValueError, match="selected"):
+        viz.token_view_figure(["a"], [0.1], selected=3)
+
+
+def test_figure_fonts_are_at_least_14px_and_restyle():
+    fig = viz.gap_curves({"fkl": {"step": [0, 1], "g_head": [1, 0.5], "g_tail": [1, 0.2]}})
+    assert fig.layout.font.size >= viz.MIN_FONT_SIZE == 14
+    assert fig.layout.xaxis.tickfont.size >= 14 and fig.layout.yaxis2.title.font.size >= 14
+    assert all(a.font.size >= 14 for a in fig.layout.annotations)  # subplot titles
+    height = fig.layout.height
+    viz.style_figure(fig, 22)
+    assert fig.layout.font.size == 22 and fig.layout.title.font.size == 26
+    assert fig.layout.legend.title.font.size == 22
+    assert fig.layout.xaxis2.tickfont.size == 22 and fig.layout.height > height
+    log = viz.divergence_curves({"fkl": {"step": [0, 1], "fkl": [1.0, 0.0]}}, floor=1e-12)
+    assert log.layout.yaxis.exponentformat == "power"  # 10^-3, not 0.001 / 1e-3
+    assert min(log.data[0].y) == 1e-12  # a KL of 0 is drawn at the floor
+    old = viz.FONT_SIZE
+    try:
+        viz.set_font_size(18)
+        assert viz.head_size_histogram([1, 2, 3]).layout.font.size == 18
+    finally:
+        viz.set_font_size(old)
+    with pytest.raises(ValueError, match="font size"):
+        viz.set_font_size(2)

@@ -15,6 +15,13 @@ from .models import shared_vocab_size
 TextDiagnostics = PositionDiagnostics  # the name this module used before
 
 
+def context_token(teacher: Any, text: str, *, max_length: int = 512) -> str:
+    """The text's first token as a string: the context nothing predicts (the positions of
+    text_diagnostics start at the second token)."""
+    ids = teacher.tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+    return teacher.tokenizer.decode(ids[:1]) if ids else ""
+
+
 def text_diagnostics(
     teacher: Any,
     text: str,

@@ -647,3 +647,79 @@ def steps_history(steps: list[dict]) -> dict[str, list]:
     keys = [k for k, v in steps[0].items() if isinstance(v, (int, float)) and not
             isinstance(v, bool)]
     return {k: [s.get(k) for s in steps] for k in keys}
+
+
+# ----------------------------------------------------------------------------------------------
+# Labels and settings for the dashboard's Compare page
+# ----------------------------------------------------------------------------------------------
+
+
+def _started(run: RunData) -> float | None:
+    started = _number(run.summary.get("started"))
+    if started is None and run.steps:
+        first = run.steps[0]
+        t, e = _number(first.get("time")), _number(first.get("elapsed"))
+        started = t - e if t is not None and e is not None else None
+    return float(started) if started is not None else None
+
+
+def run_duration(run: RunData) -> float | None:
+    """Seconds the run trained: finished - started from summary.json, else the last step's
+    'elapsed'; None when unknown."""
+    started, finished = _number(run.summary.get("started")), _number(run.summary.get("finished"))
+    if started is not None and finished is not None and finished >= started:
+        return float(finished - started)
+    if run.steps:
+        elapsed = _number(run.steps[-1].get("elapsed"))
+        return float(elapsed) if elapsed is not None else None
+    return None
+
+
+def run_label(run: RunData) -> str:
+    """A short human label: "<loss> - <n> steps - HH:MM" (local start time; the folder name
+    when the start time is unknown), e.g. "rkl - 5 steps - 22:28"."""
+    loss = _text(run.config.get("loss")) or "?"
+    steps = len(run.steps)
+    started = _started(run)
+    when = time.strftime("%H:%M", time.localtime(started)) if started is not None else run.name
+    return f"{loss} - {steps} step{'s' if steps != 1 else ''} - {when}"
+
+
+def run_labels(runs: Iterable[RunData]) -> list[str]:
+    """run_label of each run, made unique with " (2)", " (3)", ... in order."""
+    seen: dict[str, int] = {}
+    out = []
+    for r in runs:
+        label = run_label(r)
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return out
+
+
+def race_id(run: RunData) -> str | None:
+    """The race a run belongs to (config key "race_id", set for the racers of one race)."""
+    value = run.config.get("race_id")
+    return str(value) if value not in (None, "") else None
+
+
+def run_settings(run: RunData) -> dict:
+    """The settings that tell runs apart: mu (the loss's, defaults filled, when it has one), lr,
+    batch x length, seed, duration in seconds. Missing values are None."""
+    params = run.config.get("loss_params")
+    params = params if isinstance(params, dict) else {}
+    try:  # the defaults the run used (config.json keeps the parameters as given)
+        import akl_core
+
+        params = akl_core.resolve_params(str(run.config.get("loss")), **params)
+    except (ValueError, TypeError, KeyError):
+        pass
+    mu = _number(params.get("mu"))
+    batch, length = _number(run.config.get("batch_size")), _number(run.config.get("max_length"))
+    return {
+        "mu": mu,
+        "lr": _number(run.config.get("lr")),
+        "batch x length": f"{batch} x {length}" if batch is not None and length is not None
+        else None,
+        "seed": _number(run.config.get("seed")),
+        "duration_s": run_duration(run),
+    }

@@ -600,8 +600,9 @@ def train_free_logits(
                 rec["loss"].append(per_row_loss.detach().reshape(n_rows).float())
                 if record:
                     divs = akl_core.per_token_divergences(zd, teacher, names=record)
-                    for name in record:
-                        rec[name].append(divs[name].reshape(n_rows).float())
+                    for name in record:  # divergences are >= 0: float rounding
+                        # near q = p can give -1e-8, clamped at 0
+                        rec[name].append(divs[name].reshape(n_rows).float().clamp_min(0.0))
                 gap = (p - torch.softmax(zd, dim=-1)).abs_()
                 g_total = gap.sum(-1)
                 g_head = gap.mul_(head).sum(-1)

@@ -247,7 +247,7 @@ def snapshot_panels(
 
 
 def _add_curves(fig: go.Figure, histories: Mapping[str, Any], key: str, *, row: int | None,
-                col: int | None, show_legend: bool) -> None:
+                col: int | None, show_legend: bool, floor: float | None = None) -> None:
     kw = {} if row is None else {"row": row, "col": col}
     for i, (label, h) in enumerate(histories.items()):
         hist = _history(h, label)
@@ -257,6 +257,8 @@ def _add_curves(fig: go.Figure, histories: Mapping[str, Any], key: str, *, row: 
         values = _arr(hist[key], key)
         if steps.shape != values.shape:
             raise ValueError(f"history {label!r}: 'step' and {key!r} differ in length")
+        if floor is not None:
+            values = np.maximum(values, floor)
         fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=label,
                                  line=loss_line(label, i), legendgroup=label,
                                  showlegend=show_legend), **kw)
@@ -270,12 +272,16 @@ def curves_figure(
     title: str | None = None,
     ylabel: str | None = None,
     xlabel: str = "step",
+    floor: float | None = None,
 ) -> go.Figure:
-    """One line per run of history[key] over history['step'] (histories: {label: history})."""
+    """One line per run of history[key] over history['step'] (histories: {label: history}).
+
+    floor: values below it are drawn at it (a plotting floor for log axes, where 0 vanishes).
+    """
     if not histories:
         raise ValueError("histories is empty: nothing to plot")
     fig = go.Figure()
-    _add_curves(fig, histories, key, row=None, col=None, show_legend=True)
+    _add_curves(fig, histories, key, row=None, col=None, show_legend=True, floor=floor)
     name = LABELS.get(key, key)
     fig.update_layout(title={"text": title or f"{name} over training steps"},
                       xaxis_title=xlabel, yaxis_title=ylabel or name, legend_title_text="loss")
@@ -286,11 +292,12 @@ def curves_figure(
 
 def divergence_curves(
     histories: Mapping[str, Any], key: str = "fkl", *, log_y: bool = True,
-    title: str | None = None,
+    title: str | None = None, floor: float | None = None,
 ) -> go.Figure:
-    """A recorded divergence (default KL(p||q)) over steps, one line per loss; log y by default."""
+    """A recorded divergence (default KL(p||q)) over steps, one line per loss; log y by default.
+    floor: a plotting floor (e.g. 1e-12: a divergence of 0 stays visible on the log axis)."""
     name = LABELS.get(key, key)
-    return curves_figure(histories, key, log_y=log_y, ylabel=name,
+    return curves_figure(histories, key, log_y=log_y, ylabel=name, floor=floor,
                          title=title or f"{name} between teacher and student over steps")
 
 
@@ -349,6 +356,24 @@ def continuous_fit_figure(
     return fig
 
 
+def topk_label(token: Any) -> str:
+    """A token string for bar labels: every space as '␣', newline '↵', tab '→', empty '∅'
+    (so " the" and "the" differ, and whitespace-only tokens are visible)."""
+    text = str(token).replace(" ", "␣").replace("\n", "↵").replace("\t", "→").replace("\r", "⏎")
+    return text or "∅"
+
+
+def _unique_labels(rows: Sequence[Sequence[Any]]) -> list[str]:
+    """Bar labels of a top-k list, made unique by occurrence (two ids can decode alike)."""
+    seen: dict[str, int] = {}
+    out = []
+    for tok, _ in rows:
+        label = topk_label(tok)
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return out
+
+
 def topk_figure(
     teacher_topk: Sequence[Sequence[Any]],
     student_topk: Sequence[Sequence[Any]] | None = None,
@@ -359,34 +384,45 @@ def topk_figure(
     """Side-by-side horizontal bars of the teacher's and the student's top-k next tokens.
 
     teacher_topk / student_topk: [(token_string, probability), ...], most probable first (as in
-    akl_core.lab.distill.ProbeRecord). head_size: the teacher's head size |H| at this position; the
-    teacher's first |H| tokens are drawn as head (gold) and a dashed line marks the head/tail
-    boundary; student tokens that are in the teacher's head are drawn gold too (when |H| <= k).
+    akl_core.lab.distill.ProbeRecord). Both panels list the union of the two top-k lists in one
+    order (the teacher's tokens by teacher rank, then the student's other tokens by student
+    rank) and share the x range; a token outside a model's top-k has no bar there (its
+    probability is unknown, at most that model's k-th). Token labels show whitespace (see
+    topk_label). head_size: the teacher's head size |H| at this position; the teacher's first
+    |H| tokens are drawn as head (gold) in both panels and a dashed line marks the head/tail
+    boundary (when 0 < |H| < k).
     """
     panels = [("teacher p", teacher_topk)] + ([("student q", student_topk)]
                                               if student_topk is not None else [])
     for label, rows in panels:
         if not rows:
             raise ValueError(f"{label}: top-k list is empty")
-    head_tokens: set[str] = set()
-    if head_size is not None:
-        if head_size < 0:
-            raise ValueError(f"head_size must be >= 0, got {head_size}")
-        head_tokens = {str(tok) for tok, _ in list(teacher_topk)[:head_size]}
+    if head_size is not None and head_size < 0:
+        raise ValueError(f"head_size must be >= 0, got {head_size}")
+    probs_by_panel = [dict(zip(_unique_labels(rows), (float(p) for _, p in rows)))
+                      for _, rows in panels]
+    order: list[str] = []
+    for probs in probs_by_panel:
+        order += [t for t in probs if t not in order]
+    head_tokens = set(list(probs_by_panel[0])[:head_size]) if head_size is not None else set()
+    top = max(max(p.values()) for p in probs_by_panel)
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels],
-                        horizontal_spacing=0.18)
+                        horizontal_spacing=0.06, shared_yaxes=True)
     gold, grey = "rgba(230, 170, 0, 0.9)", "rgba(120, 120, 120, 0.8)"
-    for c, (label, rows) in enumerate(panels, start=1):
-        toks = [repr(str(t))[1:-1] or "(empty)" for t, _ in rows]
-        probs = [float(p) for _, p in rows]
-        ranks = [f"{i + 1}. {t}" for i, t in enumerate(toks)]
-        colors = [gold if str(t) in head_tokens else grey for t, _ in rows]
-        fig.add_trace(go.Bar(x=probs, y=ranks, orientation="h", marker_color=colors,
-                             name=label, showlegend=False,
-                             hovertemplate="%{y}: p = %{x:.4f}<extra>" + label + "</extra>"),
+    for c, ((label, _), probs) in enumerate(zip(panels, probs_by_panel), start=1):
+        values = [probs.get(t) for t in order]
+        colors = [gold if t in head_tokens else grey for t in order]
+        ranks = {t: i + 1 for i, t in enumerate(probs)}
+        notes = [f"rank {ranks[t]} in {label}" if t in ranks else f"not in {label}'s top-k"
+                 for t in order]
+        fig.add_trace(go.Bar(x=values, y=order, orientation="h", marker_color=colors,
+                             name=label, showlegend=False, customdata=notes,
+                             hovertemplate="%{y}: %{x:.4f} (%{customdata})<extra>" + label
+                             + "</extra>"),
                       row=1, col=c)
-        fig.update_yaxes(autorange="reversed", row=1, col=c)
-        fig.update_xaxes(title_text="probability", row=1, col=c)
+        fig.update_xaxes(title_text="probability", range=[0.0, min(1.0, top * 1.08) or 1.0],
+                         row=1, col=c)
+    fig.update_yaxes(autorange="reversed", categoryorder="array", categoryarray=order)
     if head_size is not None and 0 < head_size < len(teacher_topk):
         fig.add_hline(y=head_size - 0.5, line_dash="dash", line_color="black", row=1, col=1,
                       annotation_text=f"head/tail boundary (|H| = {head_size})",
@@ -396,7 +432,7 @@ def topk_figure(
                                  marker={"symbol": "square", "size": 12, "color": color}),
                       row=1, col=1)
     fig.update_layout(title={"text": title}, legend_title_text="token in", barmode="overlay",
-                      height=120 + 28 * max(len(r) for _, r in panels))
+                      height=140 + 30 * len(order))
     return fig
 
 
@@ -826,3 +862,251 @@ def seed_scores_figure(
         fig.update_yaxes(title_text=EVAL_LABELS.get(metric, metric), row=1, col=c)
     fig.update_layout(title={"text": title}, legend_title_text="points", height=440)
     return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Token view (clickable tokens with full hover) and figure fonts (presentation mode)
+# ----------------------------------------------------------------------------------------------
+
+#: Default figure font size in px (axis labels, ticks, legends, hover); titles get +4. Never
+#: below 14 by default; set_font_size changes it for every figure built afterwards (notebooks),
+#: style_figure(fig, size) restyles one figure (the app's presentation mode).
+FONT_SIZE = 14
+MIN_FONT_SIZE = 14
+
+#: Colour bar tick labels of the AKL weight: what w says about where the student is wrong.
+W_TICKS: dict[float, str] = {
+    0.0: "0: tail error only (all RKL)",
+    0.5: "0.5: even",
+    1.0: "1: head error only (all FKL)",
+}
+#: Colour bar titles that say what a value means (used by token_view_figure by metric name).
+SCALE_TITLES: dict[str, str] = {
+    "w": "w = AKL's weight on FKL: w < 0.5 leans RKL (tail error dominates), "
+         "w > 0.5 leans FKL (head error dominates)",
+    "g_head": "g_head = sum over the teacher's head of |p - q| (0 to 2)",
+    "g_tail": "g_tail = sum over the teacher's tail of |p - q| (0 to 2)",
+}
+GAP_TICKS: dict[float, str] = {0.0: "0: q = p there", 1.0: "1", 2.0: "2: disjoint (max)"}
+
+#: Fixed colour ranges per per-token metric: (zmin, zmax, colorscale, colour bar ticks). Fixed
+#: ranges keep colours comparable across steps and texts (w in [0, 1]; gaps in [0, 2]).
+TOKEN_SCALES: dict[str, tuple[float, float, str, Mapping[float, str] | None]] = {
+    "w": (0.0, 1.0, "RdBu_r", W_TICKS),
+    "g_head": (0.0, 2.0, "YlOrRd", GAP_TICKS),
+    "g_tail": (0.0, 2.0, "YlOrRd", GAP_TICKS),
+    "head_mass": (0.0, 1.0, "YlOrRd", None),
+}
+
+LABELS.setdefault("loss_value", "chosen loss per token")
+CONTEXT_COLOR = "rgb(225, 225, 225)"
+
+
+def set_font_size(size: int) -> None:
+    """Set the default figure font size (px) for figures built from now on; ValueError < 8."""
+    global FONT_SIZE
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or not 8 <= size <= 72:
+        raise ValueError(f"font size must be a number of px in [8, 72], got {size!r}")
+    FONT_SIZE = int(size)
+
+
+def style_figure(fig: go.Figure, size: int | None = None) -> go.Figure:
+    """Set every font of `fig` to `size` px (default FONT_SIZE; titles +4) in place and return
+    it: layout, axis titles and ticks, legend, annotations (subplot titles), colour bars, hover
+    labels, text on bars/heatmaps. Log axes get exponent tick labels (10^-3). When `size` is
+    above FONT_SIZE the figure's height grows in proportion."""
+    size = int(FONT_SIZE if size is None else size)
+    if size < 8:
+        raise ValueError(f"font size must be >= 8 px, got {size}")
+    fig.update_layout(font={"size": size},
+                      legend={"font": {"size": size}, "title": {"font": {"size": size}}},
+                      hoverlabel={"font": {"size": size}})
+    if fig.layout.title is not None and fig.layout.title.text:
+        fig.update_layout(title={"font": {"size": size + 4}})
+
+    def axis(ax: Any) -> None:
+        ax.update(tickfont={"size": size}, title={"font": {"size": size}})
+        if ax.type == "log":
+            ax.update(exponentformat="power", showexponent="all")
+
+    fig.for_each_xaxis(axis)
+    fig.for_each_yaxis(axis)
+    fig.for_each_annotation(lambda a: a.update(font={"size": size}))
+    for trace in fig.data:
+        marker = getattr(trace, "marker", None)
+        if marker is not None and getattr(marker, "showscale", None):
+            marker.colorbar.update(tickfont={"size": size}, title={"font": {"size": size}})
+        if trace.type == "heatmap":
+            trace.update(colorbar={"tickfont": {"size": size}, "title": {"font": {"size": size}}})
+        if trace.type in ("heatmap", "bar") and getattr(trace, "texttemplate", None) \
+                or getattr(trace, "text", None) is not None and trace.type in ("heatmap", "bar"):
+            trace.update(textfont={"size": size})
+    if fig.layout.uniformtext is not None and fig.layout.uniformtext.minsize:
+        fig.update_layout(uniformtext={"minsize": size})
+    if fig.layout.height and size > FONT_SIZE:
+        fig.update_layout(height=int(fig.layout.height * size / FONT_SIZE))
+    return fig
+
+
+def _rgb(color: str) -> tuple[float, float, float]:
+    if color.startswith("#"):
+        c = color.lstrip("#")
+        return tuple(int(c[i : i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
+    r, g, b = (float(v) for v in color[color.index("(") + 1 : color.index(")")].split(",")[:3])
+    return r, g, b
+
+
+def _ink(background: str) -> str:
+    r, g, b = _rgb(background)
+    return "#000000" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "#ffffff"
+
+
+def cell_token(token: str) -> str:
+    """A token for a token cell: whitespace-only tokens made visible ('␣' per space, '↵' per
+    newline, '→' per tab, '∅' if empty); other tokens as they are (newlines as '↵')."""
+    text = str(token)
+    if text.strip():
+        return text.replace("\n", "↵").replace("\t", "→").replace("\r", "")
+    return topk_label(text)
+
+
+def token_view_figure(
+    tokens: Sequence[str],
+    values: Any,
+    *,
+    value_label: str = "w",
+    hover: Mapping[str, Any] | None = None,
+    zmin: float = 0.0,
+    zmax: float = 1.0,
+    colorscale: str = "RdBu_r",
+    ticks: Mapping[float, str] | None = None,
+    context: Sequence[str] = (),
+    selected: int | None = None,
+    line_chars: int = 64,
+    title: str | None = None,
+) -> go.Figure:
+    """Tokens laid out as running text (cells as wide as the token, wrapped at `line_chars`
+    characters and after newlines), each coloured by its value on a FIXED range [zmin, zmax].
+
+    tokens [T] / values [T]: the predicted tokens and one number each (NaN: grey cell).
+    hover: {name: [T] numbers} shown on hover for every position (e.g. w, g_head, g_tail,
+    head_size, head_mass, entropies, the loss value). context: tokens shown first in grey
+    (e.g. the text's first token, which nothing predicts). selected: a position drawn with a
+    thick black border. ticks: colour bar labels {value: text} (e.g. W_TICKS).
+
+    Trace 0 holds the T token cells in order (point i = position i), for click selection
+    (st.plotly_chart(..., on_select="rerun", selection_mode="points")); trace 1 the context.
+    Values are clipped to the range for colouring; hover shows the real number.
+    """
+    vals = _arr(values, "values").astype(float).reshape(-1)
+    if len(tokens) != vals.size:
+        raise ValueError(f"{len(tokens)} tokens but {vals.size} values")
+    if vals.size == 0:
+        raise ValueError("no tokens to show")
+    if not (np.isfinite(zmin) and np.isfinite(zmax)) or zmax <= zmin:
+        raise ValueError(f"need finite zmin < zmax, got [{zmin}, {zmax}]")
+    if line_chars < 8:
+        raise ValueError(f"line_chars must be >= 8, got {line_chars}")
+    if selected is not None and not 0 <= selected < vals.size:
+        raise ValueError(f"selected = {selected} is not a position in [0, {vals.size})")
+    extra = {}
+    for name, series in (hover or {}).items():
+        arr = _arr(series, f"hover {name!r}").astype(float).reshape(-1)
+        if arr.size != vals.size:
+            raise ValueError(f"hover {name!r} has {arr.size} values for {vals.size} tokens")
+        extra[name] = arr
+    extra.setdefault(value_label, vals)
+    from plotly.colors import sample_colorscale
+
+    # layout: (row, start, width) per cell, context first
+    cells = [cell_token(t) for t in context] + [cell_token(t) for t in tokens]
+    raw = list(context) + list(tokens)
+    row, col, place = 0, 0.0, []
+    for text, original in zip(cells, raw):
+        width = float(max(len(text), 1)) + 0.6
+        if col > 0 and col + width > line_chars:
+            row, col = row + 1, 0.0
+        place.append((row, col, width))
+        col += width
+        if "\n" in str(original):
+            row, col = row + 1, 0.0
+    n_ctx = len(context)
+    scaled = np.clip((np.nan_to_num(vals, nan=zmin) - zmin) / (zmax - zmin), 0.0, 1.0)
+    colors = [c if np.isfinite(v) else CONTEXT_COLOR
+              for c, v in zip(sample_colorscale(colorscale, list(scaled)), vals)]
+    names = list(extra)
+    custom = np.column_stack([np.arange(vals.size), *(extra[n] for n in names)])
+    lines = "".join(f"<br>{LABELS.get(n, n) if n in ('w',) else n} = %{{customdata[{j + 1}]:.4g}}"
+                    for j, n in enumerate(names))
+    tok_place = place[n_ctx:]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(
+        x=[w for _, _, w in tok_place], base=[c for _, c, _ in tok_place],
+        y=[r for r, _, _ in tok_place], orientation="h", name="tokens",
+        text=cells[n_ctx:], textposition="inside", insidetextanchor="middle",
+        textfont={"color": [_ink(c) for c in colors], "family": "monospace"},
+        marker={"color": colors,
+                "line": {"width": [4 if i == selected else 0 for i in range(vals.size)],
+                         "color": "#000000"}},
+        customdata=custom, hovertext=[repr(str(t)) for t in tokens],
+        hovertemplate="position %{customdata[0]}: %{hovertext}" + lines + "<extra></extra>",
+        showlegend=False,
+    ))
+    if n_ctx:
+        fig.add_trace(go.Bar(
+            x=[w for _, _, w in place[:n_ctx]], base=[c for _, c, _ in place[:n_ctx]],
+            y=[r for r, _, _ in place[:n_ctx]], orientation="h", name="context (not predicted)",
+            text=cells[:n_ctx], textposition="inside", insidetextanchor="middle",
+            textfont={"color": "#777777", "family": "monospace"},
+            marker={"color": CONTEXT_COLOR, "line": {"width": 0}},
+            hovertext=[repr(str(t)) for t in context],
+            hovertemplate="%{hovertext}: context (nothing predicts it)<extra></extra>",
+            showlegend=True,
+        ))
+    tick_map = dict(ticks or {})
+    colorbar = {"title": {"text": SCALE_TITLES.get(value_label, LABELS.get(value_label,
+                                                                             value_label)),
+                          "side": "top"},
+                "orientation": "h", "x": 0.5, "xanchor": "center", "y": -0.02,
+                "yanchor": "top", "len": 0.9, "thickness": 14}
+    if tick_map:
+        nudge = 0.01 * (zmax - zmin)  # plotly drops labels exactly at the ends of the bar
+        colorbar.update(tickvals=[min(max(v, zmin + nudge), zmax - nudge) for v in tick_map],
+                        ticktext=list(tick_map.values()))
+    fig.add_trace(go.Scatter(
+        x=[None], y=[None], mode="markers", name=value_label, showlegend=False,
+        hoverinfo="skip",
+        marker={"color": [zmin], "cmin": zmin, "cmax": zmax, "colorscale": colorscale,
+                "showscale": True, "colorbar": colorbar},
+    ))
+    rows = row + 1
+    fig.update_xaxes(visible=False, range=[-0.5, line_chars + 0.5], fixedrange=True)
+    fig.update_yaxes(visible=False, autorange="reversed", fixedrange=True)
+    fig.update_layout(
+        title={"text": title or f"Tokens coloured by {LABELS.get(value_label, value_label)} "
+                                 "(click a token; hover for its numbers)"},
+        barmode="overlay", bargap=0.12, height=230 + 38 * rows, dragmode=False,
+        uniformtext={"minsize": FONT_SIZE, "mode": "show"},
+        legend={"orientation": "h", "x": 0.0, "y": 1.0, "yanchor": "bottom"},
+        margin={"l": 10, "r": 10, "b": 110},
+    )
+    return fig
+
+
+def _styled(builder: Any) -> Any:
+    import functools
+
+    @functools.wraps(builder)
+    def wrapper(*args: Any, **kwargs: Any) -> go.Figure:
+        return style_figure(builder(*args, **kwargs))
+
+    return wrapper
+
+
+# Every figure builder of this module sets its fonts to FONT_SIZE (>= 14 px by default).
+for _name, _obj in list(globals().items()):
+    if (callable(_obj) and getattr(_obj, "__module__", None) == __name__
+            and getattr(_obj, "__annotations__", {}).get("return") in ("go.Figure", go.Figure)
+            and _name not in ("style_figure",) and not _name.startswith("_")):
+        globals()[_name] = _styled(_obj)
+del _name, _obj

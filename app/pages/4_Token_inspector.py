@@ -14,13 +14,14 @@ from ui_common import (
     get_teacher,
     loss_picker,
     page_setup,
+    plotly_chart,
     show_errors,
-    token_strip_html,
+    token_view,
 )
 
 import akl_core
 from akl_core.lab import viz
-from akl_core.lab.inspector import text_diagnostics
+from akl_core.lab.inspector import context_token, text_diagnostics
 
 page_setup("Token inspector")
 
@@ -49,13 +50,20 @@ with st.sidebar:
                                       key="insp_student_other")
     st.header("Head / tail")
     mu = st.number_input("mu (head mass)", min_value=0.0, max_value=1.0, value=0.5, step=0.05,
-                         key="insp_mu")
-    boundary = st.selectbox("boundary", list(akl_core.BOUNDARIES), key="insp_boundary")
+                         key="insp_mu", help="Teacher mass that defines the head; also the mu "
+                         "of the chosen loss when it has one (akl, akl_r).")
+    boundary = st.selectbox("boundary", list(akl_core.BOUNDARIES), key="insp_boundary",
+                            help="Which side the token crossing mu belongs to; also the "
+                            "chosen loss's boundary when it has one.")
     temperature = st.number_input("Temperature", min_value=0.0, max_value=100.0, value=1.0,
                                   step=0.1, key="insp_temperature")
     topk = st.number_input("Top-k", min_value=1, max_value=50, value=10, key="insp_topk")
     st.header("Chosen loss (with a student)")
-    loss, loss_params = loss_picker(key="insp", container=st.sidebar)
+    loss, loss_params = loss_picker(key="insp", container=st.sidebar, skip=("mu", "boundary"))
+    own = akl_core.LOSSES[loss].params
+    loss_params.update({k: v for k, v in (("mu", mu), ("boundary", boundary)) if k in own})
+    if set(own) & {"mu", "boundary"}:
+        st.caption(f"{loss} uses the head/tail mu and boundary above.")
 
 text = st.text_area("Text", SAMPLE, height=120, key="insp_text")
 
@@ -77,41 +85,44 @@ with show_errors("Cannot inspect"):
             teacher, text, student=student, loss=loss, loss_params=params, mu=float(mu),
             boundary=boundary, temperature=float(temperature), topk=int(topk),
         )
+        first = context_token(teacher, text)
 
 if diag is not None:
-    positions = list(range(len(diag.tokens)))
-    teacher_hist = {"teacher": {"step": positions, "head_size": diag.head_size,
-                                "head_mass": diag.head_mass,
-                                "teacher_entropy": diag.teacher_entropy}}
-    fig = viz.gap_curves(teacher_hist, keys=("head_size", "head_mass", "teacher_entropy"),
-                         title=f"Teacher next-token distribution along the text (mu = {mu:g})")
-    fig.update_xaxes(title_text="position (predicting the token there)")
-    fig.update_layout(legend_title_text="model", showlegend=False)
-    st.plotly_chart(fig, key="insp_teacher_curves")
+    tokens = list(diag.tokens)
+    fig = viz.position_stats_figure(
+        {"head_size": diag.head_size, "head_mass": diag.head_mass,
+         "teacher_entropy": diag.teacher_entropy},
+        tokens=tokens, title=f"Teacher next-token distribution along the text (mu = {mu:g})")
+    fig.update_layout(showlegend=False)
+    plotly_chart(fig, key="insp_teacher_curves")
 
     metrics = {"head_size": diag.head_size, "head_mass": diag.head_mass,
                "teacher_entropy": diag.teacher_entropy}
     if diag.w is not None:
         metrics.update(w=diag.w, g_head=diag.g_head, g_tail=diag.g_tail,
-                       student_entropy=diag.student_entropy, **diag.divergences)
-    c1, c2 = st.columns([2, 1])
-    metric = c2.selectbox("Colour tokens by", list(metrics), key="insp_metric")
-    pick = c2.selectbox("Pick a token", positions, key="insp_token",
-                        format_func=lambda i: f"{i}: {diag.tokens[i]!r}")
-    hover_keys = ["head_size", "head_mass", "teacher_entropy", "w", f"{loss} (chosen)"]
-    hover = {k: metrics[k] for k in hover_keys if k in metrics}
-    with c1:
-        st.html(token_strip_html(diag.tokens, metrics[metric], metric=metric, hover=hover,
-                                 selected=pick, lo=0.0 if metric == "w" else None,
-                                 hi=1.0 if metric == "w" else None))
-    if pick is not None:
-        st.plotly_chart(
-            viz.topk_figure(diag.teacher_topk[pick],
-                            diag.student_topk[pick] if diag.student_topk else None,
-                            head_size=diag.head_size[pick],
-                            title=f"Position {pick}: next token {diag.tokens[pick]!r}"),
-            key="insp_topk_chart",
-        )
+                       student_entropy=diag.student_entropy,
+                       **{f"{loss} loss value": diag.loss_value}, **diag.divergences)
+        student_stats = {"w": diag.w, "g_head": diag.g_head, "g_tail": diag.g_tail,
+                         "loss_value": diag.loss_value, "student_entropy": diag.student_entropy}
+        sfig = viz.position_stats_figure(
+            student_stats, keys=list(student_stats), tokens=tokens, log_keys=(),
+            title=f"Student against the teacher along the text ({loss}, mu = {mu:g})")
+        sfig.update_layout(showlegend=False)
+        plotly_chart(sfig, key="insp_student_curves")
+    metric = st.selectbox("Colour tokens by", list(metrics), key="insp_metric",
+                          index=list(metrics).index("w") if "w" in metrics else 0)
+    hover_keys = ["w", "g_head", "g_tail", "head_size", "head_mass", "teacher_entropy",
+                  "student_entropy", f"{loss} loss value", metric]
+    hover = {k: metrics[k] for k in dict.fromkeys(hover_keys) if k in metrics}
+    pick = token_view(tokens, hover, metric, key="insp", context=[first],
+                      pick_key="insp_token")
+    plotly_chart(
+        viz.topk_figure(diag.teacher_topk[pick],
+                        diag.student_topk[pick] if diag.student_topk else None,
+                        head_size=diag.head_size[pick],
+                        title=f"Position {pick}: next token {viz.cell_token(tokens[pick])!r}"),
+        key="insp_topk_chart",
+    )
     if diag.divergences:
         rows = [{"divergence": name, "mean over positions": sum(v) / len(v),
                  f"at position {pick}": v[pick]} for name, v in diag.divergences.items()]
