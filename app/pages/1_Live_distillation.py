@@ -84,8 +84,8 @@ def restore_settings() -> dict:
     are drawn: Streamlit forgets widget values when the user visits another page."""
     kept = st.session_state.setdefault(KEPT, {})
     for key, value in {**DEFAULTS, **kept}.items():
-        if key not in st.session_state:
-            st.session_state[key] = value
+        # re-set every run (Streamlit's documented way to keep widget values across pages)
+        st.session_state[key] = st.session_state[key] if key in st.session_state else value
     return kept
 
 
