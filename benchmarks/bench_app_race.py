@@ -79,6 +79,8 @@ def one_race(page, steps: int, timeout_s: float) -> dict:
     t0 = time.perf_counter()
     run.click()
     out: dict = {}
+    page.get_by_text(re.compile(r"^Running: Race")).first.wait_for(state="visible",
+                                                                   timeout=timeout_s * 1000)
     page.locator(".js-plotly-plot").first.wait_for(state="visible", timeout=timeout_s * 1000)
     out["first_point_s"] = time.perf_counter() - t0
     page.get_by_text(re.compile(rf"step [1-9]\d* / {steps}")).first.wait_for(

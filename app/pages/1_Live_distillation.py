@@ -478,6 +478,32 @@ def draw_probe(view: LiveView, probes_by_racer: dict[str, list]) -> None:
         draw_tokens(probe, metric, lo, hi, pick, label)
 
 
+def curve_figures(run: LiveRun, view: LiveView) -> list:
+    """[(key, figure)] of the run's curves, rebuilt only when a record arrived (the page
+    polls every second; rebuilding unchanged figures took CPU from the training)."""
+    sig = (id(run), len(view.records))
+    cached = st.session_state.get("live_fig_cache")
+    if cached is not None and cached[0] == sig:
+        return cached[1]
+    figs = []
+    if view.records and view.info.get("mode") == RACE:
+        curves = race_curves({k: v for k, v in racer_steps(view).items() if v})
+        figs.append(("live_curves", viz.step_panels(
+            curves, RACE_CURVES, cols=3, last_step=view.total_steps, y_ranges=CURVE_RANGES,
+            title="Common metrics on one fixed held-out batch, after each step")))
+        figs.append(("live_own_curves", viz.step_panels(
+            curves, ("own_loss", "train_loss"), cols=2, last_step=view.total_steps,
+            title="Each loss's own value (not comparable across losses)", height_per_row=220)))
+    elif view.records:
+        loss_name = view.info.get("loss", "loss")
+        figs.append(("live_curves", viz.step_panels(
+            {loss_name: single_history(view.records)}, SINGLE_CURVES, cols=4,
+            last_step=view.total_steps, y_ranges={"w": (0.0, 1.0)},
+            title="Training loss, head/tail gaps and mean AKL weight (its own batches)")))
+    st.session_state["live_fig_cache"] = (sig, figs)
+    return figs
+
+
 def live_panel() -> None:
     run: LiveRun | None = st.session_state.get("live")
     if run is None:
@@ -489,26 +515,14 @@ def live_panel() -> None:
     if header:
         st.markdown(("Running: " if view.active else "Last run: ") + header)
     draw_status(view)
+    for key, fig in curve_figures(run, view):
+        st.plotly_chart(fig, key=key)
     if view.records and view.info.get("mode") == RACE:
         steps = racer_steps(view)
-        curves = race_curves({k: v for k, v in steps.items() if v})
-        st.plotly_chart(viz.step_panels(
-            curves, RACE_CURVES, cols=3, last_step=view.total_steps, y_ranges=CURVE_RANGES,
-            title="Common metrics on one fixed held-out batch, after each step"),
-            key="live_curves")
-        st.plotly_chart(viz.step_panels(
-            curves, ("own_loss", "train_loss"), cols=2, last_step=view.total_steps,
-            title="Each loss's own value (not comparable across losses)", height_per_row=220),
-            key="live_own_curves")
         draw_probe(view, {k: [s.record.probe for s in v if s.record.probe is not None]
                           for k, v in steps.items()})
     elif view.records:
         loss_name = view.info.get("loss", "loss")
-        st.plotly_chart(viz.step_panels(
-            {loss_name: single_history(view.records)}, SINGLE_CURVES, cols=4,
-            last_step=view.total_steps, y_ranges={"w": (0.0, 1.0)},
-            title="Training loss, head/tail gaps and mean AKL weight (its own batches)"),
-            key="live_curves")
         draw_probe(view, {loss_name: [r.probe for r in view.records if r.probe is not None]})
     if not view.active and st.session_state.get("live_polling"):
         st.session_state.live_polling = False
