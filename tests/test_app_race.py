@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.test_app import app_env, errors, open_page, set_live, wait_for_run  # noqa: F401
+from tests import test_app
+from tests.test_app import errors, open_page, set_live, wait_for_run
+
+app_env = test_app.app_env  # the same module-scoped fixture (small teacher, data, folders)
 
 PAGE = "1_Live_distillation.py"
 

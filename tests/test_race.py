@@ -191,3 +191,23 @@ def test_auto_threads_uses_the_idle_cores_only():
 def test_heldout_needs_the_teacher(kd_folders):
     with pytest.raises(ValueError, match="teacher model"):
         HeldOut.build(None, _config(kd_folders))
+
+
+def test_head_accuracy_counts_any_head_token_not_only_the_top1():
+    from akl_core.headtail import head_mask
+
+    # p = (0.2, 0.25, 0.1, 0.1, 0.35 spread on the rest): head (mu 0.5) = {1, 0}, top-1 = 1
+    p = torch.tensor([[0.2, 0.25, 0.1, 0.1] + [0.35 / 12] * 12])
+    t = p.log()
+    held = HeldOut(input_ids=torch.zeros(1, 2, dtype=torch.long),
+                   attention_mask=torch.ones(1, 2, dtype=torch.long),
+                   valid=torch.ones(1, 1, dtype=torch.bool), teacher_logits=t,
+                   head=head_mask(t, mu=0.5), vocab_size=16, temperature=1.0, source="-",
+                   ids=["0"])
+    assert held.head[0].nonzero().flatten().tolist() == [0, 1]
+    in_head = torch.zeros(1, 16)
+    in_head[0, 0] = 5.0  # the student's top token: the teacher's 2nd, in the head
+    in_tail = torch.zeros(1, 16)
+    in_tail[0, 2] = 5.0
+    assert held.metrics(in_head, "fkl", {})["head_acc"] == 1.0
+    assert held.metrics(in_tail, "fkl", {})["head_acc"] == 0.0
