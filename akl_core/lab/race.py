@@ -72,10 +72,11 @@ def auto_threads(cpu_count: int | None = None, load: float | None = None) -> int
 
     Rule: the cores left idle by the other work, ``round(cpus - load1)`` (load1 = the 1-minute
     load average, which counts other runnable processes), at least 1 and at most
-    ``min(cpus, 4)``. Measured on 2 cores (benchmarks/bench_app_race.py, README): quiet, 2
-    threads beat 1 by ~1.4x; with two other 2-thread torch loops running, 2 threads were
-    several times slower than 1 (threads wait for each other at every barrier while the
-    others hold the cores), while 1 thread lost only its fair share. So: use the idle cores,
+    ``min(cpus, 4)``. Measured on the 2-core development machine with ~3.5 other runnable
+    processes (a truncate:4 student step, 2 x 64 tokens): 1 thread took fwd 0.3 s, bwd 0.75 s,
+    AdamW 0.4 s; 2 threads took fwd 0.8-1.5 s, bwd 2.1-3.0 s, AdamW 1.2-2.9 s, i.e. 3-4x
+    slower (threads wait for each other at every barrier while other work holds the cores).
+    So: use the idle cores, never more, and fall back to 1 when nothing is idle.
     never more, and fall back to 1 when nothing is idle.
     """
     cpus = int(cpu_count if cpu_count is not None else (os.cpu_count() or 1))
