@@ -77,7 +77,6 @@ def auto_threads(cpu_count: int | None = None, load: float | None = None) -> int
     AdamW 0.4 s; 2 threads took fwd 0.8-1.5 s, bwd 2.1-3.0 s, AdamW 1.2-2.9 s, i.e. 3-4x
     slower (threads wait for each other at every barrier while other work holds the cores).
     So: use the idle cores, never more, and fall back to 1 when nothing is idle.
-    never more, and fall back to 1 when nothing is idle.
     """
     cpus = int(cpu_count if cpu_count is not None else (os.cpu_count() or 1))
     if load is None:
