@@ -269,45 +269,54 @@ def _is_bool(spec: Any) -> bool:
     )
 
 
-def param_widget(spec: Any, *, key: str, container: Any = None) -> Any:
+def param_widget(spec: Any, *, key: str, container: Any = None, disabled: bool = False) -> Any:
     """One widget for a registry ParamSpec: range, default and help from the registry.
 
     Floats/ints with bounds -> number_input(min_value=low, max_value=high); strings with
     choices -> selectbox; bools -> checkbox. Exclusive bounds are validated afterwards by
-    akl_core.resolve_params, which raises a clear ValueError.
+    akl_core.resolve_params, which raises a clear ValueError. A value already in
+    st.session_state[key] (kept across pages) wins over the registry default.
     """
     box = container if container is not None else st
     label = spec.name
     help_text = spec.description or None
+    kept = key in st.session_state
+
+    def default(**kw: Any) -> dict:
+        return {} if kept else kw
+
     if _is_bool(spec):
-        return box.checkbox(label, value=bool(spec.default), key=key, help=help_text)
+        return box.checkbox(label, key=key, help=help_text, disabled=disabled,
+                            **default(value=bool(spec.default)))
     if spec.choices is not None:
         choices = list(spec.choices)
         index = choices.index(spec.default) if spec.default in choices else 0
-        return box.selectbox(label, choices, index=index, key=key, help=help_text)
+        return box.selectbox(label, choices, key=key, help=help_text, disabled=disabled,
+                             **default(index=index))
     if isinstance(spec.default, int):
         low = int(spec.low) if spec.low is not None else None
         high = int(spec.high) if spec.high is not None else None
         return box.number_input(
-            label, min_value=low, max_value=high, value=int(spec.default), step=1, key=key,
-            help=help_text,
+            label, min_value=low, max_value=high, step=1, key=key,
+            help=help_text, disabled=disabled, **default(value=int(spec.default)),
         )
     low = float(spec.low) if spec.low is not None else None
     high = float(spec.high) if spec.high is not None else None
-    default = 0.0 if spec.default is None else float(spec.default)
+    value = 0.0 if spec.default is None else float(spec.default)
     return box.number_input(
-        label, min_value=low, max_value=high, value=default, step=0.05, format="%.3f", key=key,
-        help=help_text,
+        label, min_value=low, max_value=high, step=0.05, format="%.3f", key=key,
+        help=help_text, disabled=disabled, **default(value=value),
     )
 
 
 def loss_picker(*, key: str, container: Any = None, default: str = "akl",
-                skip: Sequence[str] = ()) -> tuple[str, dict]:
+                skip: Sequence[str] = (), disabled: bool = False) -> tuple[str, dict]:
     """Selectbox over akl_core.LOSSES plus one widget per parameter. Returns (name, params).
 
     Params are returned as entered (not validated); call akl_core.resolve_params on them.
     Parameters named in `skip` get no widget and are left out of params (the page sets them
     from its own control, e.g. one mu/boundary for the whole page).
+    disabled: lock the widgets (e.g. while a run is active).
     """
     import akl_core
 
@@ -315,11 +324,13 @@ def loss_picker(*, key: str, container: Any = None, default: str = "akl",
     names = loss_names()
     index = names.index(default) if default in names else 0
     name = box.selectbox(
-        "Loss", names, index=index, key=f"{key}_loss",
+        "Loss", names, key=f"{key}_loss", disabled=disabled,
         format_func=lambda n: f"{n}: {akl_core.LOSSES[n].description}"[:70],
+        **({} if f"{key}_loss" in st.session_state else {"index": index}),
     )
     params = {
-        pname: param_widget(pspec, key=f"{key}_{name}_{pname}", container=box)
+        pname: param_widget(pspec, key=f"{key}_{name}_{pname}", container=box,
+                            disabled=disabled)
         for pname, pspec in akl_core.LOSSES[name].params.items() if pname not in skip
     }
     return name, params

@@ -56,8 +56,10 @@ def errors(at: AppTest) -> list[str]:
     return [e.value for e in at.error]
 
 
-def set_live(at: AppTest, data: Path, **values) -> None:
-    """Small live-run settings: gold JSONL data, short sequences, a probe every step."""
+def set_live(at: AppTest, data: Path, mode: str = "Single run", **values) -> None:
+    """Small live-run settings: gold JSONL data, short sequences, a probe every step; a single
+    run unless `mode` says "Race"."""
+    at.radio(key="live_mode").set_value(mode).run()
     defaults = {"live_steps": 3, "live_batch": 2, "live_maxlen": 48, "live_probe_every": 1,
                 "live_topk": 5}
     for key, value in {**defaults, **values}.items():
@@ -102,6 +104,7 @@ def test_home_links_every_page(app_env):
 @pytest.mark.parametrize("loss", list(akl_core.LOSSES))
 def test_live_sidebar_widgets_follow_the_registry(app_env, loss):
     at = open_page("1_Live_distillation.py")
+    at.radio(key="live_mode").set_value("Single run").run()
     at.selectbox(key="live_loss").select(loss).run()
     assert not at.exception
     spec = akl_core.LOSSES[loss]

@@ -1,7 +1,8 @@
 """Real-browser test of the dashboard: `streamlit run` on a free local port, driven by
 Playwright with the system Chromium (never `playwright install`). Runs a short toy experiment
 and a short live distillation on small random models, checks that the charts and the per-token
-view are in the DOM, and saves screenshots to test-artifacts/.
+view are in the DOM, runs the default race of the Live page (FKL, RKL, AKL) and saves
+screenshots to $AKL_TEST_ARTIFACTS (default test-artifacts/); the paths are printed.
 
 Skips with a reason when /usr/bin/chromium (apt-get install chromium) or playwright is missing.
 """
@@ -21,7 +22,7 @@ import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
+ARTIFACTS = Path(os.environ.get("AKL_TEST_ARTIFACTS") or ROOT / "test-artifacts")
 
 pytestmark = pytest.mark.browser
 
@@ -130,6 +131,8 @@ def test_live_distillation_in_the_browser(app_url, browser_page):
     page = browser_page
     page.goto(f"{app_url['url']}/Live_distillation")
     page.get_by_test_id("stSidebar").get_by_role("button", name="Run", exact=True).wait_for(state="visible")
+    page.get_by_test_id("stSidebar").get_by_text("Single run").click()
+    page.wait_for_timeout(500)
     _set_number(page, "Steps", 3)
     _set_number(page, "Batch size", 2)
     _set_number(page, "Max length (tokens)", 48)
@@ -147,7 +150,7 @@ def test_live_distillation_in_the_browser(app_url, browser_page):
     charts = page.locator('[data-testid="stPlotlyChart"]')
     charts.nth(1).wait_for(state="visible")
     assert charts.count() == 2
-    assert "Loss, head/tail gaps" in page.locator(".js-plotly-plot").first.inner_text()
+    assert "Training loss, head/tail gaps" in page.locator(".js-plotly-plot").first.inner_text()
     runs = [p for p in app_url["runs"].iterdir() if (p / "steps.jsonl").exists()]
     assert len(runs) == 1
     assert len((runs[0] / "steps.jsonl").read_text().splitlines()) == 3
@@ -169,3 +172,71 @@ def test_live_distillation_in_the_browser(app_url, browser_page):
     done = len((runs[-1] / "steps.jsonl").read_text().splitlines())
     assert 1 <= done < 5000
     assert f"Stopped after {done} steps" in page.get_by_text("Stopped after").inner_text()
+
+
+def _shot(page, name: str, **kw) -> None:
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), **kw)
+    print(f"screenshot: {path}")
+
+
+def test_live_race_in_the_browser(app_url, browser_page):
+    page = browser_page
+    page.set_viewport_size({"width": 1280, "height": 720})
+    # in-app navigation (same session): away to the Toy lab and back
+    nav = page.get_by_test_id("stSidebarNav")
+    nav.get_by_text("Toy lab").click()
+    page.locator('[data-testid="stPlotlyChart"]').first.wait_for(state="visible")
+    nav.get_by_text("Live distillation").click()
+    for _ in range(100):  # until the Toy lab's elements are gone
+        if page.get_by_label("Max examples (0 = all)", exact=True).count() == 1 and \
+                page.get_by_label("Steps", exact=True).count() == 1:
+            break
+        page.wait_for_timeout(200)
+    sidebar = page.get_by_test_id("stSidebar")
+    run = sidebar.get_by_role("button", name="Run", exact=True)
+    run.wait_for(state="visible")
+    sidebar.get_by_text("Race", exact=True).click()
+    page.wait_for_timeout(1000)
+    run.wait_for(state="visible")
+    # Run sits at the top: visible without scrolling on a 1280 x 720 screen
+    box = run.bounding_box()
+    assert box is not None and box["y"] + box["height"] < 720
+    _shot(page, "live_race_start_1280x720.png")
+    # the settings are kept from the single run above
+    assert page.get_by_label("Max examples (0 = all)", exact=True).input_value() == "4"
+    assert page.get_by_label("Probe every k steps (0 = never)", exact=True).input_value() == "1"
+    _set_number(page, "Steps", 3)
+    for loss in ("fkl", "rkl", "akl"):
+        assert sidebar.get_by_text(loss, exact=True).count() >= 1
+    page.set_viewport_size({"width": 1500, "height": 1100})
+    run.click()
+    page.get_by_text("Finished 3 steps").wait_for(state="visible")
+    _no_exception(page)
+    assert page.get_by_text(re.compile(r"Last run: Race: fkl vs rkl vs akl")).count() == 1
+    assert page.get_by_text(re.compile(r"s per step")).count() >= 1
+    charts = page.locator('[data-testid="stPlotlyChart"]')
+    charts.nth(2).wait_for(state="visible")
+    assert charts.count() == 3
+    text = page.locator(".js-plotly-plot").first.inner_text()
+    assert "Common metrics on one fixed held-out batch" in text
+    for name in ("fkl", "rkl", "akl"):
+        assert name in text
+    tokens = page.locator(".akl-token-view .akl-tok")
+    tokens.first.wait_for(state="visible")
+    strip_fkl = page.locator(".akl-token-view").first.inner_html()
+    _shot(page, "live_race_finished.png", full_page=True)
+    # the token strip switches racers
+    combo = page.get_by_role("combobox", name="Racer")
+    combo.click()
+    combo.fill("rkl")
+    combo.press("Enter")
+    page.wait_for_timeout(1500)
+    _no_exception(page)
+    assert page.locator(".akl-token-view").first.inner_html() != strip_fkl
+    charts.first.scroll_into_view_if_needed()
+    charts.first.screenshot(path=str(ARTIFACTS / "live_race_curves.png"))
+    print(f"screenshot: {ARTIFACTS / 'live_race_curves.png'}")
+    runs = [p for p in app_url["runs"].iterdir() if p.name.startswith("race-")]
+    assert len(runs) == 3
+    assert all(len((p / "steps.jsonl").read_text().splitlines()) == 3 for p in runs)

@@ -210,7 +210,8 @@ class StepRecord:
     tokens (all micro-batches and processes); tokens counts non-padding input tokens of the
     step; step_time: wall seconds from the end of the previous step's record (data loading
     included, probes not); elapsed: seconds since training began (across a resume);
-    world_size: processes; grad_accum: micro-batches per process and step."""
+    world_size: processes; grad_accum: micro-batches per process and step; heldout: metrics
+    measured after the step on a fixed held-out batch (a race, akl_core.lab.race), or None."""
 
     step: int
     loss: float
@@ -234,6 +235,7 @@ class StepRecord:
     world_size: int = 1
     grad_accum: int = 1
     probe: ProbeRecord | None = None
+    heldout: dict | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -30,7 +30,7 @@ import torch
 from transformers import TrainerCallback, TrainingArguments
 
 from akl_core.lab.distill import DistillConfig, ProbeRecord, StepRecord
-from akl_core.lab.trainer import SPARSE_KEYS, KDCollator, KDTrainer
+from akl_core.lab.trainer import SPARSE_KEYS, KDCollator, KDTrainer, _PhaseStop
 
 # The one progress-callback shape of the explorer: progress(stage, done, total); a stage
 # without a count (a message) comes with done = total = 0.
@@ -153,7 +153,9 @@ class RecordCallback(TrainerCallback):
         on_record: Callable[[StepRecord], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         elapsed_offset: float = 0.0,
+        measure: Callable[[Any, int], dict] | None = None,
     ) -> None:
+        self.measure = measure
         self.trainer_ref = trainer_ref
         self.config = config
         self.n_examples = n_examples
@@ -189,6 +191,7 @@ class RecordCallback(TrainerCallback):
         if self.probe is not None and cfg.probe_every and (step % cfg.probe_every == 0
                                                            or step == 1):
             probe = self.probe(step)
+        heldout = self.measure(trainer, step) if self.measure is not None else None
         record = StepRecord(
             step=step, loss=last["loss"], kd_loss=last["kd_loss"], lm_loss=last["lm_loss"],
             g_head=last["g_head"], g_tail=last["g_tail"], w=last["w"],
@@ -200,6 +203,7 @@ class RecordCallback(TrainerCallback):
             epoch=((step - 1) * per_step) // max(self.n_examples, 1),
             taid_t=last["taid_t"] if cfg.loss == "taid" else None,
             world_size=world, grad_accum=int(args.gradient_accumulation_steps), probe=probe,
+            heldout=heldout,
         )
         self.records.append(record)
         if state.is_world_process_zero:
@@ -338,6 +342,9 @@ def train(
     elapsed_offset: float = 0.0,
     device: str | torch.device | None = None,
     probe_teacher_rows: torch.Tensor | None = None,
+    measure: Callable[[Any, int], dict] | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+    meta: dict | None = None,
 ) -> TrainOutcome:
     """Train `student` (a ModelBundle, trained in place) from `teacher` (a ModelBundle, or None
     with `rows` carrying a sparse teacher) with `config` on KDTrainer; see the module.
@@ -346,7 +353,12 @@ def train(
     `responses` (default: config.data and the config's targets). run: an akl_core.lab.runs.Run
     (main process) that receives config.json, each record and the final status. output_dir:
     where checkpoints go (default: <run>/checkpoints, or none). resume_from: a checkpoint
-    folder. Ctrl-C ends the run with status "stopped" and re-raises.
+    folder. Ctrl-C ends the run with status "stopped" and re-raises. measure(trainer, step):
+    a dict stored as each StepRecord's ``heldout`` (e.g. a race's held-out metrics).
+    callbacks: more TrainerCallbacks, after the recorder. meta: merged into config.json's meta.
+    In one process, ``should_stop`` is also asked before each forward and after each backward
+    (KDTrainer.stop_check): Stop waits for at most one forward/backward; the interrupted step
+    is dropped, the finished ones are kept.
     """
     global _ACTIVE_RUNS
     from akl_core.lab import data, models
@@ -381,7 +393,7 @@ def train(
                            teacher_rows=probe_teacher_rows)
     recorder = RecordCallback(trainer_ref, config, n_examples=len(rows), probe=probe, run=run,
                               on_record=on_record, should_stop=should_stop,
-                              elapsed_offset=elapsed_offset)
+                              elapsed_offset=elapsed_offset, measure=measure)
     main = distributed_state(device).is_main_process
     status, error, counted = "finished", None, False
     try:
@@ -400,7 +412,7 @@ def train(
                     temperature=config.temperature, vocab_size=vocab,
                     lr_lambda=lambda s: lr_factor(s, config),
                     train_dataset=StreamDataset(rows, length, config.seed),
-                    data_collator=KDCollator(pad or 0), callbacks=[recorder],
+                    data_collator=KDCollator(pad or 0), callbacks=[recorder, *callbacks],
                 )
             except ValueError as e:
                 if "already been initialized" in str(e):
@@ -410,6 +422,8 @@ def train(
             _ACTIVE_RUNS += 1
             counted = True
         trainer_ref.append(trainer)
+        if world == 1 and should_stop is not None:
+            trainer.stop_check = should_stop
         student.device = args.device
         from transformers.trainer_callback import PrinterCallback
 
@@ -418,11 +432,14 @@ def train(
             run.write_config({**config.to_dict(), "meta": {
                 "teacher_name": getattr(teacher, "name", None), "student_name": student.name,
                 "vocab_size": vocab, "examples": len(rows), "device": str(args.device),
-                "world_size": world, "akl_core": _version()}})
+                "world_size": world, "akl_core": _version(), **(meta or {})}})
         say(progress, "training")
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         if recorder.stopped:
             status = "stopped"
+    except _PhaseStop:
+        status = "stopped"
+        recorder.stopped = True
     except KeyboardInterrupt:
         status = "stopped"
         raise

@@ -118,13 +118,18 @@ def run_experiment(
     resume: str | Path | None = None,
     on_run: Callable[[Path], None] | None = None,
     trust_remote_code: bool = False,
+    measure: Callable[[Any, int], dict] | None = None,
+    callbacks: Sequence[Any] = (),
+    meta: dict | None = None,
 ) -> ExperimentResult:
     """Train a student with `config`, save it into a run folder, evaluate it; see the module.
 
     teacher / student: ModelBundles (loaded from the config when None; a run with a
     teacher_cache loads no teacher for training). save=False writes no run folder (notebook
     smoke tests). evaluation=None skips evaluation. resume: a run folder (or a name under
-    runs_dir) to continue; `config` is then None (the run's own is used).
+    runs_dir) to continue; `config` is then None (the run's own is used). measure,
+    callbacks, meta: passed to akl_core.lab.engine.train (a race's held-out metrics, its
+    turn-taking callback, its race id in config.json).
     """
     from akl_core.lab import data, engine, models
     from akl_core.lab.runs import Run, load_run, resolve_run
@@ -202,7 +207,8 @@ def run_experiment(
             examples=examples, run=run,
             output_dir=output_dir, on_record=on_record, should_stop=should_stop,
             progress=progress, resume_from=checkpoint, elapsed_offset=elapsed_offset,
-            device=device, probe_teacher_rows=probe_rows,
+            device=device, probe_teacher_rows=probe_rows, measure=measure,
+            callbacks=callbacks, meta=meta,
         )
     except BaseException:
         if run is not None and run_path is None:

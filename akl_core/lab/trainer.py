@@ -55,6 +55,12 @@ _STAT_FIELDS = ("fkl", "rkl", "w", "g_head", "g_tail", "head_size", "head_mass",
 _FIELDS = ("kd_loss", "lm_loss", *_STAT_FIELDS, "positions", "tokens")
 
 
+class _PhaseStop(Exception):
+    """Raised by KDTrainer between the phases of a step when its ``stop_check`` says stop;
+    akl_core.lab.engine.train turns it into a clean stop (the finished steps are kept, the
+    interrupted step is dropped)."""
+
+
 class KDCollator:
     """Right-pads rows of ``input_ids`` / ``labels`` (and optional ``attention_mask``) to the
     longest row of the batch: pad id, mask 0, label -100. Rows are dicts of 1-D lists/tensors.
@@ -174,6 +180,8 @@ class KDTrainer(Trainer):
                      if loss == "taid" and "t" not in (loss_params or {}) else None)
         self._lr_lambda = lr_lambda
         self.last_step: dict[str, Any] | None = None
+        # Checked before each micro-batch's forward and after its backward (see training_step).
+        self.stop_check: Callable[[], bool] | None = None
         self._acc: torch.Tensor | None = None
         self._log_sums: dict[str, float] = {}
         self._log_steps = 0
@@ -188,6 +196,18 @@ class KDTrainer(Trainer):
                 teacher_model.to(self.args.device)
 
     # -- the loss ------------------------------------------------------------------------------
+    def training_step(self, model: Any, inputs: dict[str, Any],
+                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+        """Trainer.training_step (forward + backward of one micro-batch), with ``stop_check``
+        asked before the forward and after the backward: True raises _PhaseStop, so Stop
+        waits for at most one forward/backward (single process only; engine.train sets it)."""
+        if self.stop_check is not None and self.stop_check():
+            raise _PhaseStop
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.stop_check is not None and self.stop_check():
+            raise _PhaseStop
+        return loss
+
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int,
                           device: Any) -> tuple[list, torch.Tensor | None]:
         """The step's micro-batches and ``num_items_in_batch``: the valid (shifted) label

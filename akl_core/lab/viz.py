@@ -9,6 +9,7 @@ one array per recorded quantity (e.g. `akl_core.lab.toy.TrainResult.history`); o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,6 +34,9 @@ __all__ = [
     "gradient_rank_figure",
     "sweep_figure",
     "seed_scores_figure",
+    "step_panels",
+    "step_ticks",
+    "STEP_LABELS",
 ]
 
 #: Fixed colour and dash per loss so a loss looks the same in every figure and the app. Colours
@@ -861,6 +865,87 @@ def seed_scores_figure(
                               annotation_position="top left")
         fig.update_yaxes(title_text=EVAL_LABELS.get(metric, metric), row=1, col=c)
     fig.update_layout(title={"text": title}, legend_title_text="points", height=440)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Live runs and races (the dashboard's Live distillation page)
+# ----------------------------------------------------------------------------------------------
+
+#: Labels of a race's held-out metrics (akl_core.lab.race.RaceStep) and of a run's own values.
+STEP_LABELS: dict[str, str] = {
+    "kl_pq": "KL(p||q) on the held-out batch",
+    "kl_qp": "KL(q||p) on the held-out batch",
+    "g_head": "head gap g_head",
+    "g_tail": "tail gap g_tail",
+    "w": "mean AKL weight w",
+    "head_acc": "head-token accuracy",
+    "own_loss": "own loss, held-out batch",
+    "train_loss": "own loss, its training batch",
+    "loss": "training loss (its batch)",
+}
+
+
+def step_ticks(fig: go.Figure, last_step: int) -> None:
+    """Integer step ticks on every x axis (about 10 ticks at most), from step 1."""
+    dtick = max(1, math.ceil(max(int(last_step), 1) / 10))
+    fig.update_xaxes(tickmode="linear", tick0=1, dtick=dtick, tickformat="d",
+                     range=[0.5, max(int(last_step), 1) + 0.5])
+
+
+def step_panels(
+    histories: Mapping[str, Any],
+    keys: Sequence[str],
+    *,
+    title: str,
+    cols: int = 3,
+    last_step: int | None = None,
+    y_ranges: Mapping[str, tuple[float, float]] | None = None,
+    height_per_row: int = 260,
+) -> go.Figure:
+    """One panel per key (a grid of `cols` columns), one line with markers per run in the
+    run's loss colour and dash (so a run at step 1 shows a point), integer step ticks up to
+    `last_step` (default: the last recorded step). histories: {label: {'step': [...], key:
+    [...]}}, e.g. akl_core.lab.race.RaceResult.curves(); labels starting with a loss name
+    get that loss's style. y_ranges: fixed y ranges per key (e.g. w in [0, 1])."""
+    if not histories:
+        raise ValueError("histories is empty: nothing to plot")
+    keys = list(keys)
+    if not keys:
+        raise ValueError("keys is empty: nothing to plot")
+    cols = max(1, min(int(cols), len(keys)))
+    rows = math.ceil(len(keys) / cols)
+    fig = make_subplots(rows=rows, cols=cols, horizontal_spacing=0.07,
+                        vertical_spacing=0.16 if rows > 1 else 0.1,
+                        subplot_titles=[STEP_LABELS.get(k, LABELS.get(k, k)) for k in keys])
+    top = 1
+    for i, key in enumerate(keys):
+        r, c = i // cols + 1, i % cols + 1
+        for j, (label, h) in enumerate(histories.items()):
+            hist = _history(h, label)
+            if key not in hist:
+                raise ValueError(f"history {label!r} has no {key!r}; it has {sorted(hist)}")
+            steps = _arr(hist["step"], "step")
+            values = _arr(hist[key], key)
+            if steps.shape != values.shape:
+                raise ValueError(f"history {label!r}: 'step' and {key!r} differ in length")
+            if steps.size:
+                top = max(top, int(steps.max()))
+            fig.add_trace(go.Scatter(
+                x=steps, y=values, mode="lines+markers", name=label, legendgroup=label,
+                showlegend=i == 0, line=loss_line(label, j, width=2.5),
+                marker={"size": 7, "color": loss_color(label, j)},
+                hovertemplate=f"{label}<br>step %{{x}}<br>{key} = %{{y:.4g}}<extra></extra>"),
+                row=r, col=c)
+        if y_ranges and key in y_ranges:
+            fig.update_yaxes(range=list(y_ranges[key]), row=r, col=c)
+        if r == rows:
+            fig.update_xaxes(title_text="step", row=r, col=c)
+    step_ticks(fig, last_step if last_step is not None else top)
+    fig.update_layout(title={"text": title}, legend_title_text="loss",
+                      height=120 + height_per_row * rows,
+                      legend={"orientation": "h", "y": 1.0 + 0.12 / rows, "x": 1.0,
+                              "xanchor": "right", "yanchor": "bottom"})
     return fig
 
 
