@@ -252,7 +252,7 @@ def test_compare_page_shows_broken_runs_and_every_other_run(compare_page, file, 
     (work / "r2-akl" / file).write_text(content)
     at.run()
     rows = page_rows(at)
-    assert [r["run"] for r in rows] == ["r1-fkl", "r2-akl", "r3-rkl"]
+    assert [r["folder"] for r in rows] == ["r1-fkl", "r2-akl", "r3-rkl"]
     assert rows[1]["status"] == "broken" and reason in rows[1]["problem"]
     assert any(f"Broken run r2-akl: {reason}" in w.value for w in at.warning)
 
@@ -350,5 +350,5 @@ def test_fuzz_compare_page_never_fails_or_hides_a_run(compare_page, damages):
     touched = _damaged_copy(compare_page["pristine"], compare_page["work"], damages)
     compare_page["at"].run()
     rows = page_rows(compare_page["at"])
-    assert [r["run"] for r in rows] == sorted(compare_page["healthy"])
-    assert all(r["status"] != "broken" for r in rows if r["run"] not in touched)
+    assert [r["folder"] for r in rows] == sorted(compare_page["healthy"])
+    assert all(r["status"] != "broken" for r in rows if r["folder"] not in touched)
