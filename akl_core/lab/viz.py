@@ -250,17 +250,23 @@ def snapshot_panels(
     return fig
 
 
+def _curve(h: Any, label: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values of `key`) of one run's history; ValueError naming the run otherwise."""
+    hist = _history(h, label)
+    if key not in hist:
+        raise ValueError(f"history {label!r} has no {key!r}; it has {sorted(hist)}")
+    steps = _arr(hist["step"], "step")
+    values = _arr(hist[key], key)
+    if steps.shape != values.shape:
+        raise ValueError(f"history {label!r}: 'step' and {key!r} differ in length")
+    return steps, values
+
+
 def _add_curves(fig: go.Figure, histories: Mapping[str, Any], key: str, *, row: int | None,
                 col: int | None, show_legend: bool, floor: float | None = None) -> None:
     kw = {} if row is None else {"row": row, "col": col}
     for i, (label, h) in enumerate(histories.items()):
-        hist = _history(h, label)
-        if key not in hist:
-            raise ValueError(f"history {label!r} has no {key!r}; it has {sorted(hist)}")
-        steps = _arr(hist["step"], "step")
-        values = _arr(hist[key], key)
-        if steps.shape != values.shape:
-            raise ValueError(f"history {label!r}: 'step' and {key!r} differ in length")
+        steps, values = _curve(h, label, key)
         if floor is not None:
             values = np.maximum(values, floor)
         fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=label,
@@ -922,13 +928,7 @@ def step_panels(
     for i, key in enumerate(keys):
         r, c = i // cols + 1, i % cols + 1
         for j, (label, h) in enumerate(histories.items()):
-            hist = _history(h, label)
-            if key not in hist:
-                raise ValueError(f"history {label!r} has no {key!r}; it has {sorted(hist)}")
-            steps = _arr(hist["step"], "step")
-            values = _arr(hist[key], key)
-            if steps.shape != values.shape:
-                raise ValueError(f"history {label!r}: 'step' and {key!r} differ in length")
+            steps, values = _curve(h, label, key)
             if steps.size:
                 top = max(top, int(steps.max()))
             fig.add_trace(go.Scatter(
