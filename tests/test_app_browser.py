@@ -109,7 +109,7 @@ def _no_exception(page) -> None:
 
 
 def _set_number(page, label: str, value: int) -> None:
-    box = page.get_by_label(label, exact=True)
+    box = _single(page, label)
     box.fill(str(value))
     box.press("Enter")
     page.wait_for_timeout(300)
@@ -180,6 +180,16 @@ def _shot(page, name: str, **kw) -> None:
     print(f"screenshot: {path}")
 
 
+def _single(page, label: str):
+    """The one input labelled `label`, once a rerun's stale copy of the sidebar is gone."""
+    field = page.get_by_label(label, exact=True)
+    for _ in range(150):
+        if field.count() == 1:
+            return field
+        page.wait_for_timeout(200)
+    raise AssertionError(f"{field.count()} inputs labelled {label!r} after 30 s")
+
+
 def test_live_race_in_the_browser(app_url, browser_page):
     page = browser_page
     page.set_viewport_size({"width": 1280, "height": 720})
@@ -204,8 +214,8 @@ def test_live_race_in_the_browser(app_url, browser_page):
     assert box is not None and box["y"] + box["height"] < 720
     _shot(page, "live_race_start_1280x720.png")
     # the settings are kept from the single run above
-    assert page.get_by_label("Max examples (0 = all)", exact=True).input_value() == "4"
-    assert page.get_by_label("Probe every k steps (0 = never)", exact=True).input_value() == "1"
+    assert _single(page, "Max examples (0 = all)").input_value() == "4"
+    assert _single(page, "Probe every k steps (0 = never)").input_value() == "1"
     _set_number(page, "Steps", 3)
     for loss in ("fkl", "rkl", "akl"):
         assert sidebar.get_by_text(loss, exact=True).count() >= 1
