@@ -24,39 +24,25 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
+from tests.app_server import free_port, wait_healthy  # noqa: E402
+
 CHROMIUM = Path("/usr/bin/chromium")
 TARGETS = {"quiet": (5.0, 60.0), "contention": (10.0, 120.0)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"streamlit did not answer at {url} within {timeout} s")
+
+
 
 
 def warm_cache(steps: int) -> None:
@@ -118,7 +104,7 @@ def main() -> int:
 
     warm_cache(args.steps)
     runs = Path(tempfile.mkdtemp(prefix="akl-bench-race-"))
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "AKL_APP_RUNS_DIR": str(runs), "PYTHONPATH": str(ROOT)}
     for key in ("AKL_APP_TEACHER", "AKL_APP_STUDENT"):
         env.pop(key, None)
@@ -131,7 +117,7 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}"
     results = []
     try:
-        _wait_healthy(url, proc)
+        wait_healthy(url, proc, timeout=120.0)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM),
                                         args=["--no-sandbox", "--disable-gpu"])

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.app_server import free_port, wait_healthy
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,24 +26,10 @@ ARTIFACTS = Path(os.environ.get("AKL_TEST_ARTIFACTS") or ROOT / "test-artifacts"
 pytestmark = pytest.mark.browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"streamlit did not answer at {url} within {timeout} s")
+
+
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +41,7 @@ def app_url(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("browser")
     teacher_dir = save_bundle(small_teacher(), base / "teacher")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "AKL_APP_TEACHER": str(teacher_dir),
@@ -72,7 +57,7 @@ def app_url(tmp_path_factory):
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, proc)
+        wait_healthy(url, proc)
         yield {"url": url, "runs": base / "runs"}
     finally:
         proc.terminate()

@@ -12,7 +12,6 @@ into its pages stay inside the runs folder, the model cache and AKL_ALLOWED_DIRS
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 from streamlit.testing.v1.util import patch_config_options  # noqa: E402
 
+from tests.app_server import free_port  # noqa: E402
 from tests.small_lm import examples, save_bundle, small_teacher, write_jsonl  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,10 +35,7 @@ PAGES = ["1_Live_distillation.py", "2_Toy_lab.py", "3_Compare_runs.py", "4_Token
 # ------------------------------------------------------------------ the real server's address
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
 
 
 def _listening(pid: int, port: int) -> list[str]:
@@ -51,7 +48,7 @@ def _listening(pid: int, port: int) -> list[str]:
 
 def test_streamlit_started_from_another_folder_listens_on_loopback_only(tmp_path):
     pytest.importorskip("psutil")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLIT_")}
     env.update(PYTHONPATH=str(ROOT), AKL_CACHE_DIR=str(tmp_path / "cache"))
     proc = subprocess.Popen(
