@@ -177,15 +177,16 @@ def run_chunks(
             _chunk_stats(d, *stats)
             d.found.pop("head_used")
         if kernel is not None and with_kernel:
-            stats_open = d.redo
-            if stats_open is not None:  # the kernel's own open rows, apart from the stats'
+            # the kernel's own open rows, apart from those the stats left open
+            stats_open = d.redo if stats is not None else None
+            if stats_open is not None:
                 d.redo = torch.zeros_like(stats_open)
             value, g = kernel(d, need_grad, **params)
             if not uses_head:  # the value of every open row is redone (AKL reads the head)
                 uses_head.append(bool(d.found.get("head_used")))
+            if d.redo is not None and d.found.get("value_open"):  # values left open (AB)
+                _put(value_open, index, d.redo)
             if stats_open is not None:
-                if d.found.get("value_open"):  # rows whose value the kernel left open (AB)
-                    _put(value_open, index, d.redo)
                 d.redo |= stats_open
             _put(values, index, value)
             if grad is not None and g is not None:
