@@ -15,13 +15,12 @@ folders of AKL_APP_TEACHER / AKL_APP_STUDENT, or a folder listed in AKL_ALLOWED_
 
 from __future__ import annotations
 
-import html
 import ipaddress
 import json
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -59,6 +58,7 @@ def page_setup(title: str) -> None:
     """Common page config, the network guard (see guard_network), the presentation-mode
     toggle (kept in st.session_state across pages) and the title."""
     st.set_page_config(page_title=f"AKL Explorer: {title}", layout="wide")
+    no_gc_after_reruns()
     guard_network()
     st.sidebar.toggle("Presentation mode", value=presentation_mode(),
                       key=f"_{PRESENTATION_KEY}", on_change=_keep_presentation,
@@ -66,6 +66,25 @@ def page_setup(title: str) -> None:
     if presentation_mode():
         st.html(PRESENTATION_CSS)
     st.title(title)
+
+
+def no_gc_after_reruns() -> None:
+    """Turn off Streamlit's full gc.collect(2) after every script run (runner.postScriptGC).
+
+    With torch, transformers and the models in memory one full collection takes ~0.4 s and holds
+    the GIL; the Live page reruns once a second while a run is active, so it stalled the
+    training threads: profiled with py-spy during the default race, 43% of the server's samples
+    were in that collect. Python's own generational collector still runs. Set here (the config
+    API is internal; .streamlit/config.toml is only read from the working folder) so that every
+    way of starting the app gets it.
+    """
+    try:
+        from streamlit import config
+
+        if config.get_option("runner.postScriptGC"):
+            config.set_option("runner.postScriptGC", False)
+    except Exception:  # noqa: BLE001 - an internal API: a change there costs speed, not function
+        pass
 
 
 def figure_font_size() -> int:
@@ -79,7 +98,10 @@ def plotly_chart(fig: Any, **kwargs: Any) -> Any:
     """st.plotly_chart with the session's figure fonts (presentation mode); same arguments."""
     from akl_core.lab import viz
 
-    viz.style_figure(fig, figure_font_size())
+    size = figure_font_size()
+    if getattr(fig, "_akl_font_size", None) != size:  # a cached figure is styled once
+        viz.style_figure(fig, size)
+        fig._akl_font_size = size
     return st.plotly_chart(fig, **kwargs)
 
 
@@ -336,86 +358,6 @@ def loss_picker(*, key: str, container: Any = None, default: str = "akl",
     return name, params
 
 
-# --------------------------------------------------------------------------- token colouring
-
-
-def _colour(value: float, lo: float, hi: float, colorscale: str) -> str:
-    from plotly.colors import sample_colorscale
-
-    if not math.isfinite(value):
-        return "rgb(200,200,200)"
-    x = 0.5 if hi <= lo else min(max((value - lo) / (hi - lo), 0.0), 1.0)
-    return sample_colorscale(colorscale, [x])[0]
-
-
-def _text_colour(background: str) -> str:
-    """Black or white text, whichever reads better on an 'rgb(r, g, b)' background."""
-    try:
-        r, g, b = (float(v) for v in background[background.index("(") + 1 : -1].split(",")[:3])
-    except ValueError:
-        return "#000"
-    return "#000" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "#fff"
-
-
-def _visible(token: str) -> str:
-    text = html.escape(token)
-    text = text.replace(" ", "&nbsp;") if text.strip() == "" else text
-    return text.replace("\n", "&#8629;<br>").replace("\t", "&rarr;")
-
-
-def token_strip_html(
-    tokens: Sequence[str],
-    values: Sequence[float],
-    *,
-    metric: str,
-    hover: Mapping[str, Sequence[float]] | None = None,
-    selected: int | None = None,
-    lo: float | None = None,
-    hi: float | None = None,
-    colorscale: str | None = None,
-) -> str:
-    """HTML of the tokens, each with a background coloured by `values` and a hover title.
-
-    `hover` maps metric names to per-token numbers shown on hover (title attribute). The
-    colour range is [lo, hi], defaulting to the finite min/max of `values`. The default
-    colour scale is diverging (RdBu_r) for the AKL weight w, sequential (YlOrRd) otherwise.
-    """
-    if colorscale is None:
-        colorscale = "RdBu_r" if metric == "w" else "YlOrRd"
-    if len(tokens) != len(values):
-        raise ValueError(f"{len(tokens)} tokens but {len(values)} values")
-    finite = [float(v) for v in values if math.isfinite(float(v))]
-    lo = min(finite, default=0.0) if lo is None else lo
-    hi = max(finite, default=1.0) if hi is None else hi
-    spans = []
-    for i, (tok, val) in enumerate(zip(tokens, values)):
-        lines = [f"#{i} {tok!r}", f"{metric} = {float(val):.4g}"]
-        for name, vals in (hover or {}).items():
-            if name != metric:
-                lines.append(f"{name} = {float(vals[i]):.4g}")
-        border = "2px solid #000" if selected == i else "1px solid transparent"
-        background = _colour(float(val), lo, hi, colorscale)
-        spans.append(
-            f'<span class="akl-tok" data-idx="{i}" title="{html.escape(chr(10).join(lines))}" '
-            f'style="background:{background};color:{_text_colour(background)};border:{border};'
-            f'border-radius:3px;padding:1px 1px;margin:0 1px;line-height:1.9;'
-            f'font-family:monospace;white-space:pre-wrap">{_visible(tok)}</span>'
-        )
-    legend = (
-        f'<div style="font-size:0.8em;color:#555;margin-top:4px">colour: {html.escape(metric)} '
-        f'from {lo:.3g} ({_swatch(lo, lo, hi, colorscale)}) to {hi:.3g} '
-        f'({_swatch(hi, lo, hi, colorscale)}); hover a token for its numbers</div>'
-    )
-    return f'<div class="akl-token-view" style="line-height:2">{"".join(spans)}</div>{legend}'
-
-
-def _swatch(value: float, lo: float, hi: float, colorscale: str) -> str:
-    return (
-        f'<span style="display:inline-block;width:1em;height:0.8em;'
-        f'background:{_colour(value, lo, hi, colorscale)}"></span>'
-    )
-
-
 def parse_floats(text: str, what: str) -> tuple[float, ...]:
     """Comma-separated numbers -> tuple of floats; ValueError naming `what` otherwise."""
     parts = [t.strip() for t in str(text).replace(";", ",").split(",") if t.strip()]
@@ -431,6 +373,20 @@ def parse_floats(text: str, what: str) -> tuple[float, ...]:
 
 
 # --------------------------------------------------------------------------- token view
+
+
+def cached_figure(slot: str, signature: Hashable, build: Callable[[], Any]) -> Any:
+    """`build()`'s figure, rebuilt only when `signature` changed since the last call for `slot`
+    (kept in st.session_state). A page that polls once a second (Live distillation) redraws
+    unchanged figures without rebuilding them: building a plotly figure is 0.05-0.2 s of Python
+    that holds the GIL, taken from the training threads in the same process."""
+    store = st.session_state.setdefault("_akl_figure_cache", {})
+    hit = store.get(slot)
+    if hit is not None and hit[0] == signature:
+        return hit[1]
+    fig = build()
+    store[slot] = (signature, fig)
+    return fig
 
 
 def token_view(
@@ -485,9 +441,11 @@ def token_view(
     ticks = scale[3] if scale else None
     hover = {name: [float(v) if v is not None else math.nan for v in vals]
              for name, vals in metrics.items()}
-    fig = viz.token_view_figure(tokens, values, value_label=metric, hover=hover, zmin=lo,
-                                zmax=hi, colorscale=colorscale, ticks=ticks, context=context,
-                                selected=current, title=title)
+    sig = (tuple(tokens), metric, tuple(values), tuple((k, tuple(v)) for k, v in hover.items()),
+           lo, hi, tuple(context), current, title)
+    fig = cached_figure(f"{key}_tokens", sig, lambda: viz.token_view_figure(
+        tokens, values, value_label=metric, hover=hover, zmin=lo, zmax=hi,
+        colorscale=colorscale, ticks=ticks, context=context, selected=current, title=title))
     event = plotly_chart(fig, key=f"{key}_tokens_chart", on_select="rerun",
                          selection_mode="points")
     points = []

@@ -128,6 +128,17 @@ def test_live_sidebar_widgets_follow_the_registry(app_env, loss):
 # ------------------------------------------------------------------------------- live: runs
 
 
+def test_pages_turn_off_streamlits_gc_after_every_rerun(app_env):
+    # a full gc.collect(2) per rerun stalled the training threads of a live run (see
+    # ui_common.no_gc_after_reruns); every page turns it off, however the app was started
+    from streamlit import config
+
+    config.set_option("runner.postScriptGC", True)
+    at = open_page("1_Live_distillation.py")
+    assert not at.exception
+    assert config.get_option("runner.postScriptGC") is False
+
+
 def test_live_run_completes_draws_and_writes_the_run_folder(app_env):
     at = open_page("1_Live_distillation.py")
     set_live(at, app_env["data"])
@@ -138,18 +149,23 @@ def test_live_run_completes_draws_and_writes_the_run_folder(app_env):
     assert view.status == "finished", view.error
     assert [r.step for r in view.records] == [1, 2, 3]
     assert any("Finished 3 steps" in s.value for s in at.success)
-    # curves + top-k chart, and the per-token view with one span per probe token
-    charts = at.get("plotly_chart")
-    assert len(charts) == 2
+    # curves, the clickable token view (one cell per probe token, every metric on hover) and
+    # the top-k bars of the picked token
+    assert len(at.get("plotly_chart")) == 3
     probe = view.records[-1].probe
-    html = at.html[0].value
-    assert html.count('class="akl-tok"') == len(probe.tokens) > 0
-    assert f"w = {probe.w[0]:.4g}" in html
+    tokens = chart(at, "Tokens coloured by")
+    assert len(tokens["data"][0]["text"]) == len(probe.tokens) > 0
+    for name in ("g_head", "g_tail", "head_size", "teacher_entropy"):
+        assert name in tokens["data"][0]["hovertemplate"], name
+    assert (tokens["data"][-1]["marker"]["cmin"], tokens["data"][-1]["marker"]["cmax"]) == (0, 1)
     # switching the colouring metric and picking a token redraw the view
     at.selectbox(key="live_metric").select("g_head").run()
-    assert "g_head from" in at.html[0].value
+    bar = chart(at, "Tokens coloured by")["data"][-1]["marker"]
+    assert (bar["cmin"], bar["cmax"]) == (0.0, 2.0)
     at.selectbox(key="live_token").select(1).run()
-    assert 'data-idx="1" title' in at.html[0].value and "2px solid" in at.html[0].value
+    widths = chart(at, "Tokens coloured by")["data"][0]["marker"]["line"]["width"]
+    assert widths[1] == 4 and sum(widths) == 4
+    assert chart(at, "position 1 (next token")
     assert not at.exception
     # the run folder holds every step, the probes, the config and a summary
     run_dir = Path(view.info["run_dir"])
@@ -579,22 +595,6 @@ def test_topk_figure_marks_the_head_boundary():
     assert line.y0 == line.y1 == 1.5  # between rank 2 and rank 3
     with pytest.raises(ValueError, match="empty"):
         viz.topk_figure([], None)
-
-
-def test_token_strip_html_escapes_and_colours():
-    import sys
-
-    sys.path.insert(0, str(APP.parent))
-    from ui_common import token_strip_html
-
-    html = token_strip_html(["<b>", " x", "\n"], [0.0, 0.5, 1.0], metric="w",
-                            hover={"g_head": [0.1, 0.2, 0.3]}, selected=1, lo=0.0, hi=1.0)
-    assert html.count('class="akl-tok"') == 3
-    assert "&lt;b&gt;" in html and "<b>" not in html.split("colour:")[0]
-    assert "g_head = 0.2" in html and "w = 0.5" in html
-    assert html.count("2px solid") == 1
-    with pytest.raises(ValueError, match="2 tokens but 1 values"):
-        token_strip_html(["a", "b"], [1.0], metric="w")
 
 
 

@@ -100,6 +100,16 @@ def _set_number(page, label: str, value: int) -> None:
     page.wait_for_timeout(300)
 
 
+def _token_view(page):
+    """The clickable token view (a plotly chart titled 'Tokens coloured by ...')."""
+    return page.locator('[data-testid="stPlotlyChart"]').filter(has_text="Tokens coloured by")
+
+
+def _token_cells(page):
+    """The token view's cells: the bars of its first trace, one per token."""
+    return _token_view(page).locator(".barlayer .trace").first.locator("g.point")
+
+
 def test_toy_lab_in_the_browser(app_url, browser_page):
     page = browser_page
     page.goto(f"{app_url['url']}/Toy_lab")
@@ -128,21 +138,20 @@ def test_live_distillation_in_the_browser(app_url, browser_page):
     page.get_by_test_id("stSidebar").get_by_role("button", name="Run", exact=True).click()
     page.get_by_text("Finished 3 steps").wait_for(state="visible")
     _no_exception(page)
-    tokens = page.locator(".akl-token-view .akl-tok")
+    tokens = _token_cells(page)
     tokens.first.wait_for(state="visible")
     assert tokens.count() > 0
-    assert "w =" in (tokens.first.get_attribute("title") or "")
     charts = page.locator('[data-testid="stPlotlyChart"]')
-    charts.nth(1).wait_for(state="visible")
-    assert charts.count() == 2
+    charts.nth(2).wait_for(state="visible")
+    assert charts.count() == 3  # curves, token view, top-k bars
     assert "Training loss, head/tail gaps" in page.locator(".js-plotly-plot").first.inner_text()
     runs = [p for p in app_url["runs"].iterdir() if (p / "steps.jsonl").exists()]
     assert len(runs) == 1
     assert len((runs[0] / "steps.jsonl").read_text().splitlines()) == 3
-    tokens.first.hover()
+    tokens.first.hover(force=True)  # plotly's drag layer takes the pointer: a real hover
     page.screenshot(path=str(ARTIFACTS / "live_distillation.png"), full_page=True)
-    charts.nth(1).scroll_into_view_if_needed()
-    charts.nth(1).screenshot(path=str(ARTIFACTS / "live_topk.png"))
+    charts.nth(2).scroll_into_view_if_needed()
+    charts.nth(2).screenshot(path=str(ARTIFACTS / "live_topk.png"))
     # a long run: the page keeps updating while it trains, and Stop ends it early
     _set_number(page, "Steps", 5000)
     page.get_by_test_id("stSidebar").get_by_role("button", name="Run", exact=True).click()
@@ -211,24 +220,29 @@ def test_live_race_in_the_browser(app_url, browser_page):
     assert page.get_by_text(re.compile(r"Last run: Race: fkl vs rkl vs akl")).count() == 1
     assert page.get_by_text(re.compile(r"s per step")).count() >= 1
     charts = page.locator('[data-testid="stPlotlyChart"]')
-    charts.nth(2).wait_for(state="visible")
-    assert charts.count() == 3
+    charts.nth(3).wait_for(state="visible")
+    assert charts.count() == 4  # common curves, own losses, token view, top-k bars
     text = page.locator(".js-plotly-plot").first.inner_text()
     assert "Common metrics on one fixed held-out batch" in text
     for name in ("fkl", "rkl", "akl"):
         assert name in text
-    tokens = page.locator(".akl-token-view .akl-tok")
+    tokens = _token_cells(page)
     tokens.first.wait_for(state="visible")
-    strip_fkl = page.locator(".akl-token-view").first.inner_html()
+    # a click on a token picks it: the top-k bars follow
+    page.get_by_text(re.compile(r"fkl, position 0 ")).first.wait_for(state="visible")
+    tokens.nth(2).click(force=True)  # at its centre, through plotly's drag layer
+    page.get_by_text(re.compile(r"fkl, position 2 ")).first.wait_for(state="visible")
+    _no_exception(page)
+    strip_fkl = _token_view(page).inner_html()
     _shot(page, "live_race_finished.png", full_page=True)
-    # the token strip switches racers
+    # the token view switches racers
     combo = page.get_by_role("combobox", name="Racer")
     combo.click()
     combo.fill("rkl")
     combo.press("Enter")
     page.wait_for_timeout(1500)
     _no_exception(page)
-    assert page.locator(".akl-token-view").first.inner_html() != strip_fkl
+    assert _token_view(page).inner_html() != strip_fkl
     charts.first.scroll_into_view_if_needed()
     charts.first.screenshot(path=str(ARTIFACTS / "live_race_curves.png"))
     print(f"screenshot: {ARTIFACTS / 'live_race_curves.png'}")

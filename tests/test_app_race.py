@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from tests import test_app
-from tests.test_app import errors, open_page, set_live, wait_for_run
+from tests.test_app import chart, errors, open_page, set_live, wait_for_run
 
 app_env = test_app.app_env  # the same module-scoped fixture (small teacher, data, folders)
 
@@ -37,21 +37,25 @@ def test_race_runs_draws_and_switches_racers(app_env):
     # the header names the run's settings
     assert any("Last run: Race: **fkl vs akl**" in m.value and "3 steps of 2 x 48" in m.value
                for m in at.markdown)
-    # common curves, own-loss panel, top-k bars
+    # common curves, own-loss panel, token view, top-k bars
     charts = at.get("plotly_chart")
-    assert len(charts) == 3
+    assert len(charts) == 4
     curves = json.loads(charts[0].proto.spec)
     names = {t["name"] for t in curves["data"]}
     assert names == {"fkl", "akl"}
     assert all(t["mode"] == "lines+markers" for t in curves["data"])
     assert curves["layout"]["xaxis"]["tickformat"] == "d"
-    # the token strip switches between racers; w's colour range is fixed at [0, 1]
-    html_fkl = at.html[0].value
-    assert "w from 0 (" in html_fkl and "to 1 (" in html_fkl
+    # the token view switches between racers; w's colour range is fixed at [0, 1]
+    tokens_fkl = chart(at, "Tokens coloured by")
+    assert (tokens_fkl["data"][-1]["marker"]["cmin"], tokens_fkl["data"][-1]["marker"]["cmax"]) \
+        == (0, 1)
+    assert chart(at, "fkl, position 0")
     at.selectbox(key="live_racer").select("akl").run()
-    assert not at.exception and at.html[0].value != html_fkl
+    assert not at.exception and chart(at, "Tokens coloured by") != tokens_fkl
+    assert chart(at, "akl, position 0")
     at.selectbox(key="live_metric").select("g_tail").run()
-    assert "g_tail from 0 (" in at.html[0].value and "to 2 (" in at.html[0].value
+    bar = chart(at, "Tokens coloured by")["data"][-1]["marker"]
+    assert (bar["cmin"], bar["cmax"]) == (0.0, 2.0)
     # the full prompt is shown
     probe = view.records[-1].record.probe
     assert any(t.value == probe.prompt for t in at.text)

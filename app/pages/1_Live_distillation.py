@@ -16,6 +16,7 @@ import math
 import streamlit as st
 from live_runner import LiveRun, LiveView
 from ui_common import (
+    cached_figure,
     confine_data,
     confine_model_spec,
     default_response_tokens,
@@ -26,9 +27,10 @@ from ui_common import (
     loss_names,
     loss_picker,
     page_setup,
+    plotly_chart,
     runs_root,
     show_errors,
-    token_strip_html,
+    token_view,
 )
 
 import akl_core
@@ -416,23 +418,23 @@ def draw_status(view: LiveView) -> None:
         st.caption(" · ".join(notes))
 
 
-def draw_tokens(probe, metric: str, lo: float | None, hi: float | None, pick: int | None,
-                label: str) -> None:
-    """The per-token strip and the top-k bars of one probe: the one place this page draws
-    them (swap in a richer component here)."""
-    hover = {k: getattr(probe, k) for k in ("w", "g_head", "g_tail", "head_size",
-                                            "teacher_entropy", "loss_value")}
-    st.html(token_strip_html(probe.tokens, getattr(probe, metric), metric=metric, hover=hover,
-                             selected=pick, lo=lo, hi=hi))
-    if pick is not None and pick < len(probe.tokens):
-        fig = viz.topk_figure(
-            probe.teacher_topk[pick], probe.student_topk[pick],
-            head_size=probe.head_size[pick],
-            title=f"{label}, position {pick} (next token {probe.tokens[pick]!r}): w = "
-                  f"{probe.w[pick]:.3f}, g_head = {probe.g_head[pick]:.3f}, "
-                  f"g_tail = {probe.g_tail[pick]:.3f}",
-        )
-        st.plotly_chart(fig, key="live_topk_chart")
+HOVER_METRICS = ("w", "g_head", "g_tail", "head_size", "head_mass", "teacher_entropy",
+                 "student_entropy", "loss_value", "fkl", "rkl")
+
+
+def draw_tokens(probe, metric: str, zrange: tuple[float, float] | None, label: str) -> None:
+    """The clickable per-token view and the top-k bars of one probe: the one place this page
+    draws them. Both figures are rebuilt only when they change (the page polls every second)."""
+    metrics = {k: getattr(probe, k) for k in HOVER_METRICS if getattr(probe, k) is not None}
+    pick = token_view(probe.tokens, metrics, metric, key="live", pick_key="live_token",
+                      zrange=zrange)
+    sig = (label, probe.step, pick)
+    fig = cached_figure("live_topk", sig, lambda: viz.topk_figure(
+        probe.teacher_topk[pick], probe.student_topk[pick], head_size=probe.head_size[pick],
+        title=f"{label}, position {pick} (next token {viz.cell_token(probe.tokens[pick])!r}): "
+              f"w = {probe.w[pick]:.3f}, g_head = {probe.g_head[pick]:.3f}, "
+              f"g_tail = {probe.g_tail[pick]:.3f}"))
+    plotly_chart(fig, key="live_topk_chart")
 
 
 def draw_probe(view: LiveView, probes_by_racer: dict[str, list]) -> None:
@@ -446,7 +448,7 @@ def draw_probe(view: LiveView, probes_by_racer: dict[str, list]) -> None:
     label = labels[0]
     if len(labels) > 1:
         label = c2.selectbox("Racer", labels, key="live_racer",
-                             help="Whose student the strip and the bars show.")
+                             help="Whose student the tokens and the bars show.")
     probes = probes_by_racer[label]
     metric = c2.selectbox("Colour tokens by", list(TOKEN_METRICS), key="live_metric",
                           format_func=lambda m: TOKEN_METRICS[m].replace(
@@ -459,23 +461,19 @@ def draw_probe(view: LiveView, probes_by_racer: dict[str, list]) -> None:
         at = steps_avail[0]
     probe = probes[steps_avail.index(at)]
     if metric in FIXED_RANGE:
-        lo, hi = FIXED_RANGE[metric]
+        zrange = FIXED_RANGE[metric]
     else:  # fixed over the run: every probe of every racer
         vals = [float(v) for ps in probes_by_racer.values() for p in ps
                 for v in getattr(p, metric) if math.isfinite(float(v))]
-        lo, hi = (min(vals), max(vals)) if vals else (None, None)
-    pick = c2.selectbox(
-        "Pick a token", range(len(probe.tokens)), key="live_token",
-        format_func=lambda i: f"{i}: {probe.tokens[i]!r}",
-    )
+        zrange = (min(vals), max(vals)) if vals and max(vals) > min(vals) else None
     with c1:
         st.markdown(f"**Prompt** (example {probe.example_id}, {label} at step {probe.step}):")
         st.text(probe.prompt)
         cut = view.info.get("probe_truncated")
         if cut:
             st.caption(f"Response cut at max length {view.info.get('max_length')} tokens: "
-                       "the strip shows its first part only (…).")
-        draw_tokens(probe, metric, lo, hi, pick, label)
+                       "the tokens show its first part only (…).")
+        draw_tokens(probe, metric, zrange, label)
 
 
 def curve_figures(run: LiveRun, view: LiveView) -> list:
@@ -516,7 +514,7 @@ def live_panel() -> None:
         st.markdown(("Running: " if view.active else "Last run: ") + header)
     draw_status(view)
     for key, fig in curve_figures(run, view):
-        st.plotly_chart(fig, key=key)
+        plotly_chart(fig, key=key)
     if view.records and view.info.get("mode") == RACE:
         steps = racer_steps(view)
         draw_probe(view, {k: [s.record.probe for s in v if s.record.probe is not None]
