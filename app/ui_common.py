@@ -87,6 +87,21 @@ def no_gc_after_reruns() -> None:
         pass
 
 
+def freeze_long_lived_objects() -> None:
+    """Move every object alive now out of the garbage collector's view (gc.freeze), after one
+    collection (call at the start of a run). The models, torch and transformers are millions
+    of objects; without this, every full collection during the run walks them all (accelerate's
+    Trainer calls gc.collect() as each racer starts; Python's own collections come with the
+    allocations of a step), holding the GIL from the training threads. The objects frozen by
+    the previous run are handed back first (gc.unfreeze), so what that run left behind is
+    collected here and nothing stays frozen for longer than one run."""
+    import gc
+
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 def figure_font_size() -> int:
     """Figure font size (px) for this session: viz.FONT_SIZE, larger in presentation mode."""
     from akl_core.lab import viz

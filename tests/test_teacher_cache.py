@@ -110,6 +110,14 @@ def test_a_cache_for_other_data_or_tokenizer_is_refused(caches, kd_folders, smal
         TeacherCache.open(kd_folders)
 
 
+def test_tokenizer_hash_is_remembered_until_the_tokenizer_changes():
+    tok = small_lm.small_tokenizer(500)
+    first = teacher_cache.tokenizer_hash(tok)
+    assert teacher_cache.tokenizer_hash(tok) == first == teacher_cache._tokenizer_hash(tok)
+    tok.add_tokens(["<akl-new-token>"])
+    assert teacher_cache.tokenizer_hash(tok) == teacher_cache._tokenizer_hash(tok) != first
+
+
 def test_cli_builds_a_cache_and_distill_refuses_a_mismatch(kd_folders, tmp_path, capsys):
     out = tmp_path / "cache"
     code = cli.main(["teacher-cache", "--teacher", str(kd_folders / "teacher"), "--data",

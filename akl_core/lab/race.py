@@ -67,18 +67,47 @@ METRIC_LABELS = {
 # ----------------------------------------------------------------------------------------------
 
 
+def busy_cores_besides_us(sample_s: float = 0.5) -> float | None:
+    """Cores kept busy by OTHER processes, measured over `sample_s` seconds: the machine's busy
+    CPU time (/proc/stat) minus this process's own (os.times), per second. None where there is
+    no /proc/stat (then use the load average)."""
+
+    def machine_busy() -> float:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+    def own() -> float:
+        t = os.times()
+        return t.user + t.system
+
+    try:
+        m0, o0, t0 = machine_busy(), own(), time.monotonic()
+        time.sleep(sample_s)
+        m1, o1, t1 = machine_busy(), own(), time.monotonic()
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return max(0.0, ((m1 - m0) - (o1 - o0)) / max(t1 - t0, 1e-3))
+
+
 def auto_threads(cpu_count: int | None = None, load: float | None = None) -> int:
     """The torch thread count for a run on a possibly busy machine.
 
-    Rule: the cores left idle by the other work, ``round(cpus - load1)`` (load1 = the 1-minute
-    load average, which counts other runnable processes), at least 1 and at most
-    ``min(cpus, 4)``. Measured on the 2-core development machine with ~3.5 other runnable
-    processes (a truncate:4 student step, 2 x 64 tokens): 1 thread took fwd 0.3 s, bwd 0.75 s,
-    AdamW 0.4 s; 2 threads took fwd 0.8-1.5 s, bwd 2.1-3.0 s, AdamW 1.2-2.9 s, i.e. 3-4x
-    slower (threads wait for each other at every barrier while other work holds the cores).
-    So: use the idle cores, never more, and fall back to 1 when nothing is idle.
+    Rule: the cores left idle by the other work, ``round(cpus - load)``, at least 1 and at most
+    ``min(cpus, 4)``; `load` = cores busy with other processes, by default measured now
+    (:func:`busy_cores_besides_us`, half a second; the 1-minute load average where /proc is
+    missing). Not the load average alone: it counts this process too, and the app's own start
+    (imports, loading the teacher) kept it above 1 on an idle 2-core machine, so 1 thread was
+    chosen where 2 were free. Measured on the 2-core development machine with ~3.5 other
+    runnable processes (a truncate:4 student step, 2 x 64 tokens): 1 thread took fwd 0.3 s,
+    bwd 0.75 s, AdamW 0.4 s; 2 threads took fwd 0.8-1.5 s, bwd 2.1-3.0 s, AdamW 1.2-2.9 s, i.e.
+    3-4x slower (threads wait for each other at every barrier while other work holds the
+    cores). So: use the idle cores, never more, and fall back to 1 when nothing is idle.
     """
     cpus = int(cpu_count if cpu_count is not None else (os.cpu_count() or 1))
+    if load is None:
+        load = busy_cores_besides_us()
     if load is None:
         try:
             load = os.getloadavg()[0]

@@ -23,6 +23,7 @@ from ui_common import (
     default_student_spec,
     default_teacher_spec,
     error_message,
+    freeze_long_lived_objects,
     get_teacher,
     loss_names,
     loss_picker,
@@ -273,6 +274,7 @@ def make_job(config: DistillConfig, teacher: object, save: bool, use_cache: bool
         def progress(stage: str, done: int, total: int) -> None:
             info["stage"] = stage if total <= 0 else f"{stage}: {done}/{total}"
 
+        freeze_long_lived_objects()
         info["threads"] = n = resolve_threads(threads)
         torch.set_num_threads(n)
         if use_cache and cache_eligible(config):
