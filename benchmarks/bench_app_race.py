@@ -63,12 +63,14 @@ def one_race(page, steps: int, timeout_s: float) -> dict:
     run.wait_for(state="visible")
     page.wait_for_timeout(500)
     t0 = time.perf_counter()
+    print("DBG click", time.time(), flush=True)
     run.click()
     out: dict = {}
     page.get_by_text(re.compile(r"^Running: Race")).first.wait_for(state="visible",
                                                                    timeout=timeout_s * 1000)
     page.locator(".js-plotly-plot").first.wait_for(state="visible", timeout=timeout_s * 1000)
     out["first_point_s"] = time.perf_counter() - t0
+    print("DBG first point", time.time(), flush=True)
     page.get_by_text(re.compile(rf"step [1-9]\d* / {steps}")).first.wait_for(
         state="visible", timeout=timeout_s * 1000)
     out["first_step_s"] = time.perf_counter() - t0

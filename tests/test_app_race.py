@@ -25,6 +25,9 @@ def test_race_runs_draws_and_switches_racers(app_env):
     assert at.radio(key="live_mode").value == "Race"  # race mode is the default
     assert at.multiselect(key="live_race_losses").value == ["fkl", "rkl", "akl"]
     assert at.checkbox(key="live_save_student").value is True
+    # before Run: the race's empty panels (plotly.js loads with the page, not at step 1)
+    waiting = chart(at, "waiting for the first step")
+    assert {t["name"] for t in waiting["data"]} == {"fkl", "rkl", "akl"}
     _race(at, app_env["data"])
     at.button(key="live_run").click().run()
     assert not at.exception and not errors(at)
