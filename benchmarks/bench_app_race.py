@@ -9,7 +9,8 @@ opens the Live distillation page in Chromium (/usr/bin/chromium through playwrig
 the teacher to load and presses Run on the default race (the quick lecture preset: FKL, RKL,
 AKL, 10 steps of 2 x 64 tokens, automatic thread count). Per condition it measures, from the
 click as the browser sees it (the page polls every second, so up to ~1 s is poll latency):
-  first point: the first curve point drawn (the first racer's step 1);
+  first point: the first curve points drawn (curves update once per lockstep round: every
+               racer has done step 1);
   first step:  "step 1 / N" (every racer has done step 1);
   finish:      "Finished N steps".
 Conditions, in ONE invocation and one browser session: quiet; then while `--contention` other
@@ -68,7 +69,9 @@ def one_race(page, steps: int, timeout_s: float) -> dict:
     out: dict = {}
     page.get_by_text(re.compile(r"^Running: Race")).first.wait_for(state="visible",
                                                                    timeout=timeout_s * 1000)
-    page.locator(".js-plotly-plot").first.wait_for(state="visible", timeout=timeout_s * 1000)
+    # the empty panels are drawn before Run: wait for a plotted point in them
+    page.locator(".js-plotly-plot").first.locator(".scatterlayer .point").first.wait_for(
+        state="attached", timeout=timeout_s * 1000)
     out["first_point_s"] = time.perf_counter() - t0
     print("DBG first point", time.time(), flush=True)
     page.get_by_text(re.compile(rf"step [1-9]\d* / {steps}")).first.wait_for(

@@ -300,7 +300,9 @@ def training_arguments(config: DistillConfig, output_dir: str | Path, *,
         data_seed=config.seed,
         bf16=config.bf16,
         use_cpu=use_cpu(device),
-        optim="adamw_torch",
+        # fused AdamW: one kernel per step instead of a loop over the parameters; on the CPU
+        # 0.036 s against 0.23 s per step for a truncate:4 student's 42M parameters (2 threads)
+        optim="adamw_torch_fused",
         logging_strategy="no",
         save_strategy="steps" if config.save_every else "no",
         save_steps=config.save_every or 500,

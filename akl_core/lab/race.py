@@ -22,14 +22,13 @@ Stop: ``should_stop()`` is asked before each forward and after each backward (an
 racer waits for its turn), so it takes effect within one forward/backward; finished steps are
 kept (racers later in the turn order may have one step fewer).
 
-Threads: torch's intra-op thread count is process-wide; :func:`auto_threads` picks it from the
-cores and the load (see there); ``threads=`` overrides it.
+Threads: torch's intra-op thread count is process-wide; :func:`auto_threads` picks it (every
+core up to 4; see there for the measurements); ``threads=`` overrides it.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import os
 import threading
 import time
@@ -67,54 +66,22 @@ METRIC_LABELS = {
 # ----------------------------------------------------------------------------------------------
 
 
-def busy_cores_besides_us(sample_s: float = 0.5) -> float | None:
-    """Cores kept busy by OTHER processes, measured over `sample_s` seconds: the machine's busy
-    CPU time (/proc/stat) minus this process's own (os.times), per second. None where there is
-    no /proc/stat (then use the load average)."""
+def auto_threads(cpu_count: int | None = None) -> int:
+    """The torch thread count of a run: every core, at most 4 (a truncate:4 student on 2 x 64
+    tokens gains little from more; the cap is not measured here, this machine has 2 cores).
 
-    def machine_busy() -> float:
-        with open("/proc/stat", encoding="ascii") as f:
-            fields = [int(v) for v in f.readline().split()[1:9]]
-        idle = fields[3] + fields[4]  # idle + iowait
-        return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
-
-    def own() -> float:
-        t = os.times()
-        return t.user + t.system
-
-    try:
-        m0, o0, t0 = machine_busy(), own(), time.monotonic()
-        time.sleep(sample_s)
-        m1, o1, t1 = machine_busy(), own(), time.monotonic()
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
-    return max(0.0, ((m1 - m0) - (o1 - o0)) / max(t1 - t0, 1e-3))
-
-
-def auto_threads(cpu_count: int | None = None, load: float | None = None) -> int:
-    """The torch thread count for a run on a possibly busy machine.
-
-    Rule: the cores left idle by the other work, ``round(cpus - load)``, at least 1 and at most
-    ``min(cpus, 4)``; `load` = cores busy with other processes, by default measured now
-    (:func:`busy_cores_besides_us`, half a second; the 1-minute load average where /proc is
-    missing). Not the load average alone: it counts this process too, and the app's own start
-    (imports, loading the teacher) kept it above 1 on an idle 2-core machine, so 1 thread was
-    chosen where 2 were free. Measured on the 2-core development machine with ~3.5 other
-    runnable processes (a truncate:4 student step, 2 x 64 tokens): 1 thread took fwd 0.3 s,
-    bwd 0.75 s, AdamW 0.4 s; 2 threads took fwd 0.8-1.5 s, bwd 2.1-3.0 s, AdamW 1.2-2.9 s, i.e.
-    3-4x slower (threads wait for each other at every barrier while other work holds the
-    cores). So: use the idle cores, never more, and fall back to 1 when nothing is idle.
+    Not fewer when other work shares the cores: measured on the 2-core development machine
+    (quick lecture preset, a race of FKL, RKL and AKL, after the app stopped its per-rerun
+    full garbage collections), 2 threads beat 1 in every condition:
+      the app in Chromium, quiet: finish 59.8 s with 2 threads, 70.3 s with 1;
+      the app beside two 2-thread matmul jobs: 145 s with 2, 180 s with 1;
+      a bare process beside the same jobs, 4 rounds, alternating: 43.7 and 55.5 s with 2,
+      61.7 and 63.9 s with 1.
+    An earlier rule (the cores left idle by the load average) picked 1 thread whenever the
+    browser or the app's own start kept the load above 1, i.e. nearly always on a laptop.
     """
     cpus = int(cpu_count if cpu_count is not None else (os.cpu_count() or 1))
-    if load is None:
-        load = busy_cores_besides_us()
-    if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except (OSError, AttributeError):
-            load = 0.0
-    idle = int(math.floor(cpus - float(load) + 0.5))
-    return max(1, min(idle, cpus, 4))
+    return max(1, min(cpus, 4))
 
 
 def resolve_threads(threads: int | str | None) -> int:

@@ -161,8 +161,9 @@ with st.sidebar:
                          format="%.1e", key="live_lr", disabled=active)
     threads = st.selectbox(
         "Torch threads", THREAD_CHOICES, key="live_threads", disabled=active,
-        help="auto = the cores the other work leaves idle (1 on a busy machine): on 2 cores "
-             "shared with other torch jobs, 2 threads ran several times slower than 1.")
+        help="auto = every core, at most 4: on 2 cores, 2 threads beat 1 both on a quiet "
+             "machine and beside two other torch jobs (measured). Pick 1 if another job "
+             "must keep its speed.")
     with st.expander("More settings"):
         settings["kd_ratio"] = num("kd_ratio (KD weight; rest = LM loss)", min_value=0.0,
                                    max_value=1.0, step=0.1, key="live_kd_ratio",
