@@ -9,8 +9,8 @@ opens the Live distillation page in Chromium (/usr/bin/chromium through playwrig
 the teacher to load and presses Run on the default race (the quick lecture preset: FKL, RKL,
 AKL, 10 steps of 2 x 64 tokens, automatic thread count). Per condition it measures, from the
 click as the browser sees it (the page polls every second, so up to ~1 s is poll latency):
-  first point: the first curve points drawn (curves update once per lockstep round: every
-               racer has done step 1);
+  first point: the first curve point drawn (the first racer's step 1; after that the curves
+               update once per lockstep round);
   first step:  "step 1 / N" (every racer has done step 1);
   finish:      "Finished N steps".
 Conditions, in ONE invocation and one browser session: quiet; then while `--contention` other

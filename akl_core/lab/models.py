@@ -14,6 +14,7 @@ or any model name / folder. Teacher and student must share a tokenizer
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import json
@@ -392,7 +393,12 @@ def _truncated(teacher: ModelBundle, k: int, device: torch.device) -> Any:
         config.layer_types = config.layer_types[:k]
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
-    student = AutoModelForCausalLM.from_config(config, dtype=teacher.model.dtype)
+    try:  # skip the random initialisation: every weight is overwritten below (strict load)
+        from transformers.initialization import no_init_weights
+    except ImportError:  # an older transformers: initialise (slower, same result)
+        no_init_weights = contextlib.nullcontext
+    with no_init_weights():
+        student = AutoModelForCausalLM.from_config(config, dtype=teacher.model.dtype)
     source = teacher.model.state_dict()
     target = student.state_dict()
     missing = [key for key in target if key not in source]

@@ -484,14 +484,17 @@ RACE_TITLE = "Common metrics on one fixed held-out batch, after each step"
 
 def curve_figures(run: LiveRun, view: LiveView) -> list:
     """[(key, figure)] of the run's curves, rebuilt only when they change: a race's curves
-    once per lockstep round (every racer one step further, and at the end), a single run's per
-    step. Each rebuilt chart costs the browser ~0.3 s of CPU to redraw (measured in headless
-    Chromium), taken from the training on a laptop; unchanged charts cost nothing."""
+    at its first record, then once per lockstep round (every racer one step further, and at the
+    end), a single run's per step. Each rebuilt chart costs the browser ~0.3 s of CPU to
+    redraw (measured in headless Chromium), taken from the training on a laptop; unchanged
+    charts cost nothing."""
     race = view.info.get("mode") == RACE
     if race:
         steps = racer_steps(view)
         done = min((len(v) for v in steps.values()), default=0)
-        sig = (id(run), "race", done if view.active else -1 - len(view.records))
+        # the first racer's first point shows at once; then once per round
+        first = done == 0 and bool(view.records)
+        sig = (id(run), "race", done if view.active and not first else -1 - len(view.records))
     else:
         sig = (id(run), "single", len(view.records))
     cached = st.session_state.get("live_fig_cache")
@@ -499,7 +502,7 @@ def curve_figures(run: LiveRun, view: LiveView) -> list:
         return cached[1]
     figs = []
     if race and view.records:
-        steps = {k: v[:done] if view.active else v for k, v in steps.items()}
+        steps = {k: v[:done] if view.active and not first else v for k, v in steps.items()}
         curves = race_curves(steps)
         figs.append(("live_curves", viz.step_panels(
             curves, RACE_CURVES, cols=3, last_step=view.total_steps, y_ranges=CURVE_RANGES,
