@@ -543,7 +543,8 @@ def test_compare_runs_overlays_and_evaluates(app_env, saved_runs):
 def test_compare_runs_shows_a_race_and_selected_rows(app_env, saved_runs):
     root, (run0, run1) = saved_runs
     config = json.loads((run0 / "config.json").read_text())
-    (run0 / "config.json").write_text(json.dumps({**config, "race_id": "race-1"}))
+    meta = {**config.get("meta", {}), "race": {"id": "race-1", "racer": config["loss"]}}
+    (run0 / "config.json").write_text(json.dumps({**config, "meta": meta}))
     try:
         at = open_page("3_Compare_runs.py")
         at.text_input(key="cmp_root").input(str(root)).run()

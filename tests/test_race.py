@@ -10,6 +10,7 @@ import threading
 import pytest
 import torch
 
+from akl_core.lab import runs
 from akl_core.lab.distill import DistillConfig
 from akl_core.lab.race import HeldOut, RacerSpec, auto_threads, parse_racers, run_race
 from akl_core.lab.trainer import KDTrainer
@@ -77,6 +78,7 @@ def test_racers_take_turns_on_the_same_rows_from_the_same_start(kd_folders, smal
         cfg = json.loads((r.run_dir / "config.json").read_text())
         assert cfg["meta"]["race"]["id"] == result.race_id
         assert cfg["meta"]["race"]["racer"] == r.spec.name
+        assert runs.race_id(runs.load_run(r.run_dir)) == result.race_id  # Compare runs groups it
         assert cfg["loss"] == r.spec.loss
         lines = [json.loads(x) for x in (r.run_dir / "steps.jsonl").read_text().splitlines()]
         assert [x["heldout"]["kl_pq"] for x in lines] == [s.kl_pq for s in r.steps]

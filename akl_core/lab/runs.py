@@ -697,8 +697,11 @@ def run_labels(runs: Iterable[RunData]) -> list[str]:
 
 
 def race_id(run: RunData) -> str | None:
-    """The race a run belongs to (config key "race_id", set for the racers of one race)."""
-    value = run.config.get("race_id")
+    """The race a run belongs to: config.json's meta.race.id, which
+    akl_core.lab.race.run_race writes for each of its racers; None for a single run."""
+    meta = run.config.get("meta")
+    race = meta.get("race") if isinstance(meta, dict) else None
+    value = race.get("id") if isinstance(race, dict) else None
     return str(value) if value not in (None, "") else None
 
 
