@@ -142,6 +142,11 @@ def test_pages_turn_off_streamlits_gc_after_every_rerun(app_env):
 def test_live_run_completes_draws_and_writes_the_run_folder(app_env):
     at = open_page("1_Live_distillation.py")
     set_live(at, app_env["data"])
+    at.run()
+    # before Run: the single run's own empty panels, named by its loss (not the race's)
+    waiting = chart(at, "waiting for the first step")
+    assert waiting["layout"]["title"]["text"].startswith("Training loss, head/tail gaps")
+    assert {t["name"] for t in waiting["data"]} == {at.selectbox(key="live_loss").value}
     at.button(key="live_run").click().run()
     assert not at.exception and not errors(at)
     wait_for_run(at)

@@ -480,6 +480,7 @@ def draw_probe(view: LiveView, probes_by_racer: dict[str, list]) -> None:
 
 
 RACE_TITLE = "Common metrics on one fixed held-out batch, after each step"
+SINGLE_TITLE = "Training loss, head/tail gaps and mean AKL weight (its own batches)"
 
 
 def curve_figures(run: LiveRun, view: LiveView) -> list:
@@ -489,50 +490,44 @@ def curve_figures(run: LiveRun, view: LiveView) -> list:
     redraw (measured in headless Chromium), taken from the training on a laptop; unchanged
     charts cost nothing."""
     race = view.info.get("mode") == RACE
-    if race:
-        steps = racer_steps(view)
-        done = min((len(v) for v in steps.values()), default=0)
-        # the first racer's first point shows at once; then once per round
-        first = done == 0 and bool(view.records)
-        sig = (id(run), "race", done if view.active and not first else -1 - len(view.records))
-    else:
-        sig = (id(run), "single", len(view.records))
-    cached = st.session_state.get("live_fig_cache")
-    if cached is not None and cached[0] == sig:
-        return cached[1]
-    figs = []
-    if race and view.records:
-        steps = {k: v[:done] if view.active and not first else v for k, v in steps.items()}
-        curves = race_curves(steps)
-        figs.append(("live_curves", viz.step_panels(
-            curves, RACE_CURVES, cols=3, last_step=view.total_steps, y_ranges=CURVE_RANGES,
-            title=RACE_TITLE)))
-        figs.append(("live_own_curves", viz.step_panels(
-            curves, ("own_loss", "train_loss"), cols=2, last_step=view.total_steps,
-            title="Each loss's own value (not comparable across losses)", height_per_row=220)))
-    elif race:
-        figs.append(("live_curves", waiting_figure(view.info.get("losses", []),
-                                                   view.total_steps)))
-    elif view.records:
-        loss_name = view.info.get("loss", "loss")
-        figs.append(("live_curves", viz.step_panels(
-            {loss_name: single_history(view.records)}, SINGLE_CURVES, cols=4,
-            last_step=view.total_steps, y_ranges={"w": (0.0, 1.0)},
-            title="Training loss, head/tail gaps and mean AKL weight (its own batches)")))
-    st.session_state["live_fig_cache"] = (sig, figs)
-    return figs
+    steps = racer_steps(view) if race else {}
+    done = min((len(v) for v in steps.values()), default=0)
+    # a race: the first racer's first point shows at once; then once per round
+    whole = not view.active or (done == 0 and bool(view.records))
+    sig = (id(run), race, -1 - len(view.records) if whole or not race else done)
+
+    def build() -> list:
+        if not view.records:
+            labels = view.info.get("losses", []) if race else [view.info.get("loss", "loss")]
+            return [("live_curves", waiting_figure(race, labels, view.total_steps))]
+        if not race:
+            return [("live_curves", viz.step_panels(
+                {view.info.get("loss", "loss"): single_history(view.records)}, SINGLE_CURVES,
+                cols=4, last_step=view.total_steps, y_ranges={"w": (0.0, 1.0)},
+                title=SINGLE_TITLE))]
+        curves = race_curves({k: v if whole else v[:done] for k, v in steps.items()})
+        return [("live_curves", viz.step_panels(
+                    curves, RACE_CURVES, cols=3, last_step=view.total_steps,
+                    y_ranges=CURVE_RANGES, title=RACE_TITLE)),
+                ("live_own_curves", viz.step_panels(
+                    curves, ("own_loss", "train_loss"), cols=2, last_step=view.total_steps,
+                    title="Each loss's own value (not comparable across losses)",
+                    height_per_row=220))]
+
+    return cached_figure("live_curves", sig, build)
 
 
-def waiting_figure(losses: list[str], steps: int):
-    """The race's empty metric panels, drawn before the first step. Besides telling what will
+def waiting_figure(race: bool, losses: list[str], steps: int):
+    """The run's empty curve panels, drawn before its first step. Besides telling what will
     be plotted, it makes the browser load plotly.js with the page instead of at the first
     step (that load took ~8 s of the first step's display on a busy 2-core machine)."""
-    labels = tuple(losses) or ("fkl", "rkl", "akl")
-    return cached_figure("live_waiting", (labels, steps), lambda: viz.step_panels(
-        {label: {"step": [], **{k: [] for k in RACE_CURVES}} for label in labels}, RACE_CURVES,
-        cols=3,
-        last_step=max(int(steps), 1), y_ranges=CURVE_RANGES,
-        title=RACE_TITLE + " (waiting for the first step)"))
+    labels = tuple(label for label in losses if label) or ("fkl", "rkl", "akl")
+    keys = RACE_CURVES if race else SINGLE_CURVES
+    title = (RACE_TITLE if race else SINGLE_TITLE) + " (waiting for the first step)"
+    return cached_figure("live_waiting", (race, labels, steps), lambda: viz.step_panels(
+        {label: {"step": [], **{k: [] for k in keys}} for label in labels}, keys,
+        cols=3 if race else 4, last_step=max(int(steps), 1),
+        y_ranges=CURVE_RANGES if race else {"w": (0.0, 1.0)}, title=title))
 
 
 def live_panel() -> None:
@@ -540,8 +535,9 @@ def live_panel() -> None:
     if run is None:
         st.info("Pick the losses to race (or a single loss) in the sidebar, then press "
                 "**Run** at its top. The quick lecture preset races FKL, RKL and AKL.")
-        plotly_chart(waiting_figure(list(st.session_state.get("live_race_losses") or []),
-                                    int(st.session_state.get("live_steps") or 1)),
+        plotly_chart(waiting_figure(mode == RACE,
+                                    list(race_losses) if mode == RACE else [settings["loss"]],
+                                    int(settings.get("steps") or 1)),
                      key="live_curves")
         return
     view = run.view()
