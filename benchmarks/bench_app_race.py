@@ -40,12 +40,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 TARGETS = {"quiet": (5.0, 60.0), "contention": (10.0, 120.0)}
 
 
-
-
-
-
-
-
 def warm_cache(steps: int) -> None:
     """Build (once) the teacher cache of the page's default race settings, outside the timing."""
     from akl_core.lab import teacher_cache
@@ -64,7 +58,6 @@ def one_race(page, steps: int, timeout_s: float) -> dict:
     run.wait_for(state="visible")
     page.wait_for_timeout(500)
     t0 = time.perf_counter()
-    print("DBG click", time.time(), flush=True)
     run.click()
     out: dict = {}
     page.get_by_text(re.compile(r"^Running: Race")).first.wait_for(state="visible",
@@ -73,7 +66,6 @@ def one_race(page, steps: int, timeout_s: float) -> dict:
     page.locator(".js-plotly-plot").first.locator(".scatterlayer .point").first.wait_for(
         state="attached", timeout=timeout_s * 1000)
     out["first_point_s"] = time.perf_counter() - t0
-    print("DBG first point", time.time(), flush=True)
     page.get_by_text(re.compile(rf"step [1-9]\d* / {steps}")).first.wait_for(
         state="visible", timeout=timeout_s * 1000)
     out["first_step_s"] = time.perf_counter() - t0

@@ -204,8 +204,8 @@ def time_ratio(res: dict, base: dict | None) -> float | None:
 def _cell(res: dict, base: dict | None, logits_bytes: int) -> tuple[str, str]:
     if "time" not in res:
         return "n/a", "n/a"
-    ratio = f"{time_ratio(res, base):.2f}" if time_ratio(res, base) is not None else "?"
-    return ratio, f"{res['peak'] / logits_bytes:.2f}"
+    ratio = time_ratio(res, base)
+    return ("?" if ratio is None else f"{ratio:.2f}"), f"{res['peak'] / logits_bytes:.2f}"
 
 
 def table(results: dict[str, dict], cases: list[str], logits_bytes: int) -> str:

@@ -165,7 +165,7 @@ else:
 st.caption("Comparing: " + ", ".join(label_of[r.name] for r in picked))
 
 with show_errors("Cannot draw the curves"):
-    hists = {label_of[r.name]: history(r.steps) for r in picked if history(r.steps)["step"]}
+    hists = {label_of[r.name]: h for r in picked if (h := history(r.steps))["step"]}
     if hists:
         fig = viz.gap_curves(hists, keys=CURVE_KEYS,
                              title="Loss, head/tail gaps and AKL weight per run "
