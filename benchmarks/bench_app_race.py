@@ -34,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
-from tests.app_server import free_port, wait_healthy  # noqa: E402
+from tests.app_server import free_port, streamlit_command, wait_healthy  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 TARGETS = {"quiet": (5.0, 60.0), "contention": (10.0, 120.0)}
@@ -105,10 +105,7 @@ def main() -> int:
     env = {**os.environ, "AKL_APP_RUNS_DIR": str(runs), "PYTHONPATH": str(ROOT)}
     for key in ("AKL_APP_TEACHER", "AKL_APP_STUDENT"):
         env.pop(key, None)
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "Home.py"),
-           "--server.address", "127.0.0.1", "--server.port", str(port),
-           "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none"]
+    cmd = streamlit_command(port)
     log = open(runs / "streamlit.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

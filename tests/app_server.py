@@ -7,8 +7,21 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
+
+APP = Path(__file__).resolve().parents[1] / "app" / "Home.py"
+
+
+def streamlit_command(port: int) -> list[str]:
+    """`streamlit run app/Home.py` on 127.0.0.1:`port`, headless, no usage stats, no file
+    watcher (the browser test and bench_app_race; the security test starts its own)."""
+    return [sys.executable, "-m", "streamlit", "run", str(APP),
+            "--server.address", "127.0.0.1", "--server.port", str(port),
+            "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--server.fileWatcherType", "none"]
 
 
 def free_port() -> int:

@@ -12,24 +12,17 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.app_server import free_port, wait_healthy
+from tests.app_server import free_port, streamlit_command, wait_healthy
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("AKL_TEST_ARTIFACTS") or ROOT / "test-artifacts")
 
 pytestmark = pytest.mark.browser
-
-
-
-
-
-
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +42,7 @@ def app_url(tmp_path_factory):
         "AKL_APP_RUNS_DIR": str(base / "runs"),
         "AKL_CACHE_DIR": str(base / "cache"),
     }
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "Home.py"),
-           "--server.address", "127.0.0.1", "--server.port", str(port),
-           "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none"]
+    cmd = streamlit_command(port)
     log = open(base / "streamlit.log", "wb")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
