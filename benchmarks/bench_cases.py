@@ -34,6 +34,7 @@ class Case:
     group: str  # "logits" (input: student logits) or "hidden" (input: hidden states + lm_head)
     needs: tuple[str, ...]  # dumped tensors it loads
     build: Callable[[dict[str, torch.Tensor]], tuple[list[torch.Tensor], Callable[[], torch.Tensor]]]
+    versus: str | None = None  # a case also timed interleaved in this case's process
 
 
 def plain_fkl(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -115,7 +116,8 @@ def _stats_case(loss: str) -> Case:
     def fn(s, t):
         value, _ = akl_core.distillation_loss(s, t, loss=loss, return_stats=True)
         return value
-    return _logits_case(f"akl_core {loss} +stats", fn)
+    case = _logits_case(f"akl_core {loss} +stats", fn)
+    return Case(case.name, case.group, case.needs, case.build, versus=f"akl_core {loss}")
 
 
 def _naive_case(loss: str) -> Case:

@@ -42,6 +42,10 @@ def test_quick_benchmark_runs_each_case_in_a_subprocess(tmp_path):
         assert len(res["times"]) == 1 and res["base_time"] > 0
         assert abs(res["ratio"] - res["time"] / res["base_time"]) < 1e-12
         assert rows[name][2] == f"{res['ratio']:.2f}"
+    # return_stats is also timed against the loss alone, in the same process
+    stats = results["akl_core akl +stats"]
+    assert stats["versus"] == "akl_core akl" and stats["versus_ratio"] > 0
+    assert f"return_stats on akl: {stats['versus_ratio'] - 1:+.0%}" in text
 
 
 def test_contention_jobs_start_and_stop():

@@ -12,7 +12,14 @@ import torch
 
 from akl_core.lab import runs
 from akl_core.lab.distill import DistillConfig
-from akl_core.lab.race import HeldOut, RacerSpec, auto_threads, parse_racers, run_race
+from akl_core.lab.race import (
+    HeldOut,
+    RacerSpec,
+    auto_threads,
+    parse_racers,
+    rounds_done,
+    run_race,
+)
 from akl_core.lab.trainer import KDTrainer
 from tests import reference as ref
 
@@ -171,6 +178,35 @@ def test_stop_between_phases_keeps_the_finished_steps(kd_folders, small_pair, ca
 def test_bad_racers_are_refused_clearly(losses, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         parse_racers(losses)
+
+
+def test_a_failing_racer_is_reported_at_once_and_the_others_finish(kd_folders, small_pair,
+                                                                   monkeypatch):
+    from akl_core.lab import trainer
+
+    original = trainer.KDTrainer.compute_loss
+
+    def broken_for_rkl(self, model, inputs, *a, **k):
+        if self.kd_loss_name == "rkl":
+            raise RuntimeError("planted failure")
+        return original(self, model, inputs, *a, **k)
+
+    monkeypatch.setattr(trainer.KDTrainer, "compute_loss", broken_for_rkl)
+    reported = []
+    result = _race(kd_folders, small_pair, ["fkl", "rkl", "akl"],
+                   on_error=lambda label, msg: reported.append((label, msg)))
+    assert reported == [("rkl", "RuntimeError: planted failure")]
+    assert [r.error for r in result.racers] == [None, "RuntimeError: planted failure", None]
+    steps = {r.spec.name: r.steps for r in result.racers}
+    assert [len(v) for v in steps.values()] == [3, 0, 3]
+    assert rounds_done(steps, failed={"rkl"}) == 3 and rounds_done(steps) == 0
+
+
+def test_rounds_done_counts_the_slowest_live_racer():
+    assert rounds_done({}) == 0
+    assert rounds_done({"fkl": [1, 2], "rkl": [1], "akl": [1, 2]}) == 1
+    assert rounds_done({"fkl": [1, 2], "rkl": []}, failed=["rkl"]) == 2
+    assert rounds_done({"fkl": [1]}, failed=["fkl"]) == 0
 
 
 def test_bad_racers_fail_before_any_run(kd_folders, small_pair, tmp_path):

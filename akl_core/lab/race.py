@@ -32,7 +32,7 @@ import copy
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -183,6 +183,13 @@ def race_curves(steps: Mapping[str, Sequence[RaceStep]]) -> dict[str, dict[str, 
     return {label: {"step": [s.step for s in rows],
                     **{k: [getattr(s, k) for s in rows] for k in (*METRICS, "train_loss")}}
             for label, rows in steps.items()}
+
+
+def rounds_done(steps: Mapping[str, Sequence[Any]], failed: Collection[str] = ()) -> int:
+    """Lockstep rounds finished: the fewest steps of any racer not in `failed` (those that
+    stopped with an error no longer hold the others back); 0 when none is left."""
+    counts = [len(rows) for label, rows in steps.items() if label not in failed]
+    return min(counts, default=0)
 
 
 def parse_racers(losses: Sequence[str | RacerSpec | tuple[str, Mapping[str, Any]]]) -> list[RacerSpec]:
@@ -403,6 +410,7 @@ def run_race(
     race_id: str | None = None,
     progress: Progress | None = None,
     on_run: Callable[[str, Path], None] | None = None,
+    on_error: Callable[[str, str], None] | None = None,
 ) -> RaceResult:
     """Race `losses` (2-4 names, (name, params) pairs or RacerSpecs) from one student
     initialisation on the same batches in lockstep; see the module.
@@ -416,7 +424,8 @@ def run_race(
     :func:`auto_threads`; set process-wide). heldout: a prepared :class:`HeldOut` (default:
     built from `heldout_source`). on_run(label, folder): each run folder as it is created.
     Raises ValueError for bad racers before anything runs; a racer's own failure is reported
-    in its RacerResult.error while the others finish.
+    in its RacerResult.error (and to on_error(label, message) in its thread, at once) while
+    the others finish.
     """
     from akl_core.lab import models
     from akl_core.lab.experiment import run_experiment
@@ -497,6 +506,8 @@ def run_race(
             res.stopped, res.student = out.stopped, out.student
         except Exception as e:  # noqa: BLE001 - one racer failing does not end the race
             res.error = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+            if on_error is not None:
+                on_error(spec.name, res.error)
         finally:
             baton.leave(i)
 

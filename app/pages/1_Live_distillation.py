@@ -38,7 +38,7 @@ import akl_core
 from akl_core.lab import viz
 from akl_core.lab.distill import DistillConfig
 from akl_core.lab.experiment import run_experiment
-from akl_core.lab.race import RaceStep, new_race_id, race_curves, run_race
+from akl_core.lab.race import RaceStep, new_race_id, race_curves, rounds_done, run_race
 
 page_setup("Live distillation")
 
@@ -300,11 +300,14 @@ def make_job(config: DistillConfig, teacher: object, save: bool, use_cache: bool
                 info.setdefault("run_dirs", {})[label] = str(path)
                 info["run_dir"] = str(path.parent)
 
+            def on_error(label, message) -> None:  # shown at once; the others go on
+                info["racer_errors"] = {**info.get("racer_errors", {}), label: message}
+
             result = run_race(losses, config, teacher=teacher, runs_dir=runs_root(),
                               save_student=save, on_step=on_record, should_stop=should_stop,
                               threads=n, heldout_source=heldout_source(config),
                               race_id=info.get("race_id"),
-                              progress=progress, on_run=on_run)
+                              progress=progress, on_run=on_run, on_error=on_error)
             info["students"] = {r.spec.name: r.student for r in result.racers}
             failed = {r.spec.name: r.error for r in result.racers if r.error}
             info["racer_errors"] = failed
@@ -385,7 +388,8 @@ def timing(view: LiveView, racers: int) -> tuple[float | None, float | None]:
 def draw_status(view: LiveView) -> None:
     race = view.info.get("mode") == RACE
     racers = max(len(view.info.get("losses", [])), 1) if race else 1
-    done = len(view.records) // racers
+    done = (rounds_done(racer_steps(view), view.info.get("racer_errors", {})) if race
+            else len(view.records))
     per_step, left = timing(view, racers)
     text = f"step {done} / {view.total_steps}"
     if per_step is not None:
@@ -484,16 +488,16 @@ SINGLE_TITLE = "Training loss, head/tail gaps and mean AKL weight (its own batch
 
 
 def curve_figures(run: LiveRun, view: LiveView) -> list:
-    """[(key, figure)] of the run's curves, rebuilt only when they change: a race's curves
-    at its first record, then once per lockstep round (every racer one step further, and at the
-    end), a single run's per step. Each rebuilt chart costs the browser ~0.3 s of CPU to
-    redraw (measured in headless Chromium), taken from the training on a laptop; unchanged
-    charts cost nothing."""
+    """[(key, figure)] of the run's curves, rebuilt only when they change: a race's once per
+    lockstep round (every racer one step further, and at the end), a single run's per step.
+    Each rebuilt chart costs the browser ~0.3 s of CPU to redraw (measured in headless
+    Chromium), taken from the training on a laptop; unchanged charts cost nothing. Drawing
+    the first racer's point at once (and the probe view with it) delayed the end of round 1
+    by ~2 s on 2 cores (benchmarks/bench_app_race.py: first step 6.2-6.7 s, now 4.4-4.6 s)."""
     race = view.info.get("mode") == RACE
     steps = racer_steps(view) if race else {}
-    done = min((len(v) for v in steps.values()), default=0)
-    # a race: the first racer's first point shows at once; then once per round
-    whole = not view.active or (done == 0 and bool(view.records))
+    done = rounds_done(steps, view.info.get("racer_errors", {}))
+    whole = not view.active
     sig = (id(run), race, -1 - len(view.records) if whole or not race else done)
 
     def build() -> list:
@@ -549,6 +553,8 @@ def live_panel() -> None:
         plotly_chart(fig, key=key)
     if view.records and view.info.get("mode") == RACE:
         steps = racer_steps(view)
+        if view.active and rounds_done(steps, view.info.get("racer_errors", {})) == 0:
+            return  # drawn with the curves, once every racer has done step 1
         draw_probe(view, {k: [s.record.probe for s in v if s.record.probe is not None]
                           for k, v in steps.items()})
     elif view.records:

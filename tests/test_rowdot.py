@@ -1,0 +1,43 @@
+"""The row dot products every kernel's value rests on (akl_core._dists.rowdot, rowdot_pair)."""
+
+import pytest
+import torch
+
+from akl_core._dists import BUFFERS, make_dists, rowdot, rowdot_pair, stacked
+
+
+def _dists(rows: int = 7, vocab: int = 1000, dtype: torch.dtype = torch.float32):
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(rows, vocab, generator=g, dtype=dtype) * 3
+    t = torch.randn(rows, vocab, generator=g, dtype=dtype) * 3
+    return make_dists(s, t, 1.0, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rowdot_matches_a_float64_sum(dtype: torch.dtype) -> None:
+    d = _dists(dtype=dtype)
+    expected = (d.q.double() * d.lq.double()).sum(-1)
+    got = rowdot(d.q, d.lq)
+    assert got.shape == (7,) and got.dtype == dtype
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5 if dtype == torch.float32
+                               else 1e-12, atol=0)
+
+
+def test_rowdot_pair_matches_two_rowdots_stacked_or_not() -> None:
+    d = _dists()
+    assert stacked(d.q, d.p) is not None  # make_dists lays q and p out as one buffer
+    a, b = rowdot_pair(d.q, d.p, d.lq)
+    loose_q, loose_p = d.q.clone(), d.p.clone()  # separate storages: two GEMMs
+    assert stacked(loose_q, loose_p) is None
+    c, e = rowdot_pair(loose_q, loose_p, d.lq)
+    for got, first in ((a, d.q), (b, d.p), (c, d.q), (e, d.p)):
+        torch.testing.assert_close(got.double(), (first.double() * d.lq.double()).sum(-1),
+                                   rtol=1e-5, atol=0)
+
+
+def test_rowdot_takes_non_contiguous_rows() -> None:
+    d = _dists(rows=8)
+    a, b = d.q[::2], d.lq[::2]
+    torch.testing.assert_close(rowdot(a, b).double(), (a.double() * b.double()).sum(-1),
+                               rtol=1e-5, atol=0)
+    assert BUFFERS == 4
