@@ -124,3 +124,35 @@ def test_a_new_run_clears_stale_errors(app_env):
     assert not errors(at), errors(at)
     assert at.session_state["live"].view().status == "finished"
     assert not Path(at.session_state["live"].view().info["run_dir"]).name.startswith("race")
+
+
+def test_race_inputs_are_built_with_the_page_and_used_by_run(app_env, monkeypatch):
+    # the held-out batch (a teacher pass) and the student are built while the page is drawn,
+    # so Run starts training at once; the race uses those (no second build)
+    import threading
+
+    from akl_core.lab import race
+
+    built = []
+    original = race.HeldOut.build.__func__
+
+    def counting(cls, *args, **kwargs):
+        built.append(threading.current_thread().name)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(race.HeldOut, "build", classmethod(counting))
+    at = open_page(PAGE)
+    _race(at, app_env["data"], live_maxlen=44, live_seed=7)  # settings no other test caches
+    built.clear()
+    at.run()
+    assert not at.exception and built == ["ScriptRunner.scriptThread"]  # drawing the page
+    at.button(key="live_run").click().run()
+    wait_for_run(at)
+    view = at.session_state["live"].view()
+    assert view.status == "finished", view.error
+    assert len(built) == 1, built
+    # a change the held-out batch depends on builds a new one; the step count does not
+    at.number_input(key="live_steps").set_value(4).run()
+    assert len(built) == 1
+    at.number_input(key="live_batch").set_value(3).run()
+    assert len(built) == 2
