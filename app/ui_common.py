@@ -72,7 +72,7 @@ def no_gc_after_reruns() -> None:
     """Turn off Streamlit's full gc.collect(2) after every script run (runner.postScriptGC).
 
     With torch, transformers and the models in memory one full collection takes ~0.4 s and holds
-    the GIL; the Live page reruns once a second while a run is active, so it stalled the
+    the GIL; the Live page reruns twice a second while a run is active, so it stalled the
     training threads: profiled with py-spy during the default race, 43% of the server's samples
     were in that collect. Python's own generational collector still runs. Set here (the config
     API is internal; .streamlit/config.toml is only read from the working folder) so that every
@@ -392,7 +392,7 @@ def parse_floats(text: str, what: str) -> tuple[float, ...]:
 
 def cached_figure(slot: str, signature: Hashable, build: Callable[[], Any]) -> Any:
     """`build()`'s figure, rebuilt only when `signature` changed since the last call for `slot`
-    (kept in st.session_state). A page that polls once a second (Live distillation) redraws
+    (kept in st.session_state). A page that polls twice a second (Live distillation) redraws
     unchanged figures without rebuilding them: building a plotly figure is 0.05-0.2 s of Python
     that holds the GIL, taken from the training threads in the same process."""
     store = st.session_state.setdefault("_akl_figure_cache", {})

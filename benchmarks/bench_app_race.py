@@ -8,7 +8,7 @@ teacher cache built beforehand so nothing is built while timed, runs into a temp
 opens the Live distillation page in Chromium (/usr/bin/chromium through playwright), waits for
 the teacher to load and presses Run on the default race (the quick lecture preset: FKL, RKL,
 AKL, 10 steps of 2 x 64 tokens, automatic thread count). Per condition it measures, from the
-click as the browser sees it (the page polls every second, so up to ~1 s is poll latency):
+click as the browser sees it (the page polls twice a second: up to 0.5 s is poll latency):
   first point: the first curve point drawn (the first racer's step 1; after that the curves
                update once per lockstep round);
   first step:  "step 1 / N" (every racer has done step 1);

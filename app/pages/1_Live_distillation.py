@@ -51,7 +51,7 @@ from akl_core.lab.race import (
 
 page_setup("Live distillation")
 
-POLL_SECONDS = 1.0
+POLL_SECONDS = 0.5
 RACE, SINGLE = "Race", "Single run"
 # The quick lecture preset: a race of 3 whose first step shows within 5 s of Run and that
 # finishes within 60 s on 2 quiet cores (benchmarks/bench_app_race.py).
@@ -482,7 +482,7 @@ HOVER_METRICS = ("w", "g_head", "g_tail", "head_size", "head_mass", "teacher_ent
 
 def draw_tokens(probe, metric: str, zrange: tuple[float, float] | None, label: str) -> None:
     """The clickable per-token view and the top-k bars of one probe: the one place this page
-    draws them. Both figures are rebuilt only when they change (the page polls every second)."""
+    draws them. Both figures are rebuilt only when they change (the page polls twice a second)."""
     metrics = {k: getattr(probe, k) for k in HOVER_METRICS if getattr(probe, k) is not None}
     pick = token_view(probe.tokens, metrics, metric, key="live", pick_key="live_token",
                       zrange=zrange)
@@ -604,8 +604,13 @@ def live_panel() -> None:
         plotly_chart(fig, key=key)
     if view.records and view.info.get("mode") == RACE:
         steps = racer_steps(view)
-        if view.active and rounds_done(steps, view.info.get("racer_errors", {})) == 0:
-            return  # drawn with the curves, once every racer has done step 1
+        done = rounds_done(steps, view.info.get("racer_errors", {}))
+        # the probe view follows one poll after the curves of round 1: the browser draws the
+        # step count and curves first instead of four charts at once (~0.6 s sooner)
+        drawn = st.session_state.get("live_rounds_drawn")
+        st.session_state.live_rounds_drawn = (id(run), done)
+        if view.active and (done == 0 or drawn is None or drawn[0] != id(run) or drawn[1] == 0):
+            return
         draw_probe(view, {k: [s.record.probe for s in v if s.record.probe is not None]
                           for k, v in steps.items()})
     elif view.records:
