@@ -198,3 +198,21 @@ def test_killed_distill_leaves_a_readable_run(model_dirs, tmp_path):
     assert all(isinstance(s["loss"], float) for s in run.steps)
     assert len(run.probes) >= len(run.steps) - 1
     assert run.status == "interrupted"
+
+
+def test_distill_tears_the_process_group_down(tmp_path):
+    # every rank leaves `akl distill` with its process group destroyed (after a barrier)
+    import torch.distributed as dist
+
+    from akl_core.lab.cli import end_process_group
+
+    end_process_group()  # no group: nothing to do
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        assert dist.is_initialized()
+        end_process_group()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -423,6 +423,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     finally:
         bar.close()
+    end_process_group()
     if not main:
         return 0
     if result.evaluation is not None:
@@ -431,6 +432,18 @@ def cmd_distill(a: argparse.Namespace) -> int:
     print(f"run {result.run_dir.name}: {summary['steps_done']} steps, final loss "
           f"{summary.get('final_loss') or float('nan'):.4f}, saved in {result.run_dir}")
     return 0
+
+
+def end_process_group() -> None:
+    """Under `accelerate launch`: wait for every process, then tear the process group down.
+    A process that exits with its group alive (the other ranks return as soon as training
+    ends, while rank 0 still saves) can abort in gloo's threads at interpreter exit
+    ("terminate called without an active exception", seen once in CI)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def cmd_teacher_cache(a: argparse.Namespace) -> int:
