@@ -9,8 +9,8 @@ Per token position (p = teacher probs, q = student probs, PAPER.md):
   and w = 0.5 where both gaps are 0 (q == p). q is detached: weights carry no gradient.
 
 The head is found from the top-1 token where it alone decides (the common case for LLM
-distributions), else from a small top-k of p; only positions whose head is longer than k go
-on to a larger k and, at last, a full sort. Results are identical to a full sort. Inside the
+distributions), else from a small top-k of p (both through block maxima, `akl_core._topk`);
+only positions whose head is longer than k go on to a larger k and, at last, a full sort. Results are identical to a full sort. Inside the
 chunk runner the positions past the first top-k are left for one exact pass at the end
 (`Dists.redo`), so a chunk needs no host synchronisation on an accelerator.
 """
@@ -25,6 +25,7 @@ import torch
 from ._checks import check_logits, check_temperature, compute_dtype
 from ._dists import Dists, make_dists
 from ._masking import check_masks
+from ._topk import topk_rows
 
 if TYPE_CHECKING:
     from .sparse import SparseTeacher
@@ -155,12 +156,12 @@ def _select_on_host(device: torch.device) -> bool:
 
 def _head_stats_fast(
     p: torch.Tensor, q: torch.Tensor, mu: float, boundary: str, top: tuple[torch.Tensor, ...],
-    redo: torch.Tensor, stage: torch.Tensor,
+    redo: torch.Tensor, maxima: torch.Tensor | None,
 ) -> HeadStats:
     """`head_stats` from the top-1 token and one top-k stage; rows whose head is longer are
     marked in `redo` (their results are placeholders). No host sync off the CPU: there every
-    row takes the top-k; on the CPU (where a sync is free) only the rows that need it, copied
-    into `stage` (`[R, V]`)."""
+    row takes the top-k; on the CPU (where a sync is free) only the rows that need it.
+    `maxima`: the teacher's block maxima (`Dists.teacher_maxima`) for the top-k."""
     top_p, top_idx = top
     k = min(_TOPK_STAGES[0], p.shape[-1])
     g_head = (top_p - q.gather(-1, top_idx.unsqueeze(-1)).squeeze(-1)).abs()
@@ -170,9 +171,7 @@ def _head_stats_fast(
     sel = need.nonzero().squeeze(-1) if _select_on_host(p.device) else None
     if sel is not None and sel.numel() == 0:
         return HeadStats(g_head=g_head, head_size=head_size, head_mass=head_mass)
-    if sel is not None:  # p[sel], into the stage buffer
-        p = torch.ops.aten.index.Tensor_out(p, [sel], out=stage[: sel.numel()])
-    vals, idx = torch.topk(p, k, dim=-1)
+    vals, idx = topk_rows(p, k, sel, maxima)
     q_at = q.gather(-1, idx) if sel is None else q[sel.unsqueeze(-1), idx]
     cum = vals.cumsum(-1)
     n = _head_counts(cum, mu, boundary)
@@ -206,9 +205,7 @@ def gaps_and_weight(
     """g_head, g_tail and the AKL weight w on FKL (`[R]` each) for a chunk; q detached.
 
     Recorded in `d.found` (with head_size and head_mass; computed once per chunk and
-    (mu, boundary)) for return_stats. `delta` may pass in q - p when the caller has it. The
-    fast head search (`d.redo` set) uses the gradient slot as its staging buffer: call this
-    before the kernel fills that slot.
+    (mu, boundary)) for return_stats. `delta` may pass in q - p when the caller has it.
     """
     found = d.found
     found["head_used"] = True  # tells the runner that the caller depends on the head split
@@ -219,7 +216,7 @@ def gaps_and_weight(
         stats = head_stats(d.p, q, mu, boundary, bucket=True)
     elif d.redo is not None:
         stats = _head_stats_fast(d.p, q, mu, boundary, (d.top_p, d.top_idx), d.redo,
-                                 d.grad_buffer())
+                                 d.teacher_maxima())
     else:
         stats = head_stats(d.p, q, mu, boundary, top=(d.top_p, d.top_idx))
     if delta is None:

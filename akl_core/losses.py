@@ -88,7 +88,7 @@ def chunk_rows(n_rows: int, vocab: int, itemsize: int, dtype: torch.dtype, buffe
 def _chunk_stats(d: Dists, mu: float, boundary: str) -> None:
     """The KDStats fields of a chunk into `d.found` (`[R]` each). Runs before the kernel, which
     then reuses them (the head split, FKL, RKL and the log-ratio) instead of recomputing."""
-    gaps_and_weight(d, mu, boundary)  # first: it stages in the gradient slot
+    gaps_and_weight(d, mu, boundary)
     fkl, _ = kl_pair(d)
     # one batched GEMM: sum q log q and sum p log q; sum p log p = FKL + sum p log q
     q_lq, p_lq = rowdot_pair(d.q, d.p, d.lq)
