@@ -8,6 +8,7 @@ p is always the TEACHER distribution and q the STUDENT's; logits are `[..., V]`.
     top_k = akl_core.SparseTeacher(indices, logprobs)             # a top-k teacher, anywhere
 """
 
+from . import _openmp  # noqa: F401  (first: OpenMP's spin default, before torch loads)
 from .divergences import LOSSES, LossSpec, ParamSpec, get_loss, resolve_params
 from .fused import fused_linear_distillation_loss
 from .headtail import BOUNDARIES, HeadTail, head_mask, head_tail

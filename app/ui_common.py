@@ -27,6 +27,8 @@ from typing import Any
 
 import streamlit as st
 
+import akl_core  # first, before torch loads (OpenMP's spin default: akl_core._openmp)
+
 TEACHER_ENV = "AKL_APP_TEACHER"
 STUDENT_ENV = "AKL_APP_STUDENT"
 RUNS_ENV = "AKL_APP_RUNS_DIR"
@@ -295,7 +297,6 @@ def get_teacher(spec: str) -> Any:
 
 def loss_names() -> list[str]:
     """Loss names from the registry, in registry order."""
-    import akl_core
 
     return list(akl_core.LOSSES)
 
@@ -355,7 +356,6 @@ def loss_picker(*, key: str, container: Any = None, default: str = "akl",
     from its own control, e.g. one mu/boundary for the whole page).
     disabled: lock the widgets (e.g. while a run is active).
     """
-    import akl_core
 
     box = container if container is not None else st
     names = loss_names()

@@ -39,6 +39,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
+import akl_core  # noqa: E402, F401  (first: its OpenMP spin default, inherited by the workers)
+
+# isort: split
 import bench_cases  # noqa: E402
 import bench_inputs  # noqa: E402
 import torch  # noqa: E402
@@ -338,7 +341,9 @@ def main() -> None:
         "",
         f"{args.data} inputs: N={args.n} positions, V={v}, H={h}, float32 "
         f"(logits {logits_bytes / 2**20:.0f} MiB); {args.repeats} timed repeats after a "
-        f"warm-up, median; torch {torch.__version__}; {os.cpu_count()} CPUs; started {started}.",
+        f"warm-up, median; torch {torch.__version__}; {os.cpu_count()} CPUs; "
+        f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'unset')}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; started {started}.",
         "time: forward+backward as a multiple of `torch fkl` timed interleaved with it in the "
         "case's own process (case, baseline, case, ...); mem: "
         "peak RSS above the step's start, as a multiple of the logits' size.",

@@ -407,3 +407,11 @@ def test_long_tail_head_first_depends_on_the_step():
     assert cmp["flip_step"] == 20
     not_below = [s for s in range(1, 41) if s not in cmp["first_below"]]
     assert not_below == [20, 21, 22, 23, 24, 25]
+
+
+def test_a_targets_head_is_akl_cores_head_mask():
+    t = toy.fig3_long_tail()
+    for mu, boundary in [(0.5, "reference"), (0.8, "paper")]:
+        expected = akl_core.head_mask(torch.as_tensor(t.log_probs), mu=mu, boundary=boundary)
+        np.testing.assert_array_equal(t.head(mu, boundary), expected.numpy())
+    assert 1 < t.head(0.8).sum() < t.size

@@ -66,6 +66,11 @@ class DiscreteTarget:
     def size(self) -> int:
         return int(self.probs.shape[-1])
 
+    def head(self, mu: float = 0.5, boundary: str = "reference") -> np.ndarray:
+        """Bool `[V]`: the bins of the target's head (akl_core.head_mask)."""
+        return akl_core.head_mask(torch.as_tensor(self.log_probs), mu=mu,
+                                  boundary=boundary).numpy()
+
 
 def _as_float_array(values: object, label: str, *, ndim: int | None = 1) -> np.ndarray:
     try:

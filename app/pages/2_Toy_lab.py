@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import streamlit as st
-import torch
 from ui_common import loss_names, page_setup, parse_floats, plotly_chart, show_errors
 
-from akl_core import head_mask
 from akl_core.lab import toy, viz
 
 page_setup("Toy lab")
@@ -166,7 +164,7 @@ def bins_view() -> None:
     target = build_target(key)
     with st.spinner(f"Training {len(losses)} loss(es) for {int(steps)} steps..."):
         results = run_toy(key, tuple(losses), int(steps), float(lr), int(seed), float(mu))
-    head = head_mask(torch.as_tensor(target.log_probs), mu=float(mu)).numpy()
+    head = target.head(float(mu))
     title = (target.description or target.name).replace("*", "·")
     st.markdown(f"**{title}**: {target.size} bins; "
                 f"head = {int(head.sum())} bins holding mass {float(target.probs[head].sum()):.3f}")
