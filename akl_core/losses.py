@@ -22,7 +22,8 @@ logits' bytes, so that peak extra memory with the gradient (1x) stays within 1.5
 fewer than _CHUNK_ELEMENTS = 2^20 logits per chunk (small inputs run in one or a few chunks).
 Fewer, larger chunks matter on a loaded machine: every multi-threaded tensor operation ends in
 a barrier that waits for the slowest thread, so the operation count, not the arithmetic,
-dominates there. `chunk_size=` (positions per chunk) overrides the rule.
+dominates there (and how long a thread spins at each barrier: see `akl_core._openmp`).
+`chunk_size=` (positions per chunk) overrides the rule.
 
 torch.compile: not used; eager is the one code path. Measured on real logits (N=1024,
 V=49152, 2 threads, this 2-core machine): compiling these chunk functions as they are took
