@@ -133,6 +133,18 @@ def test_summarize_empty():
     assert summarize([]) == {"steps_done": 0}
 
 
+def test_run_labels_are_unique_in_order(tmp_path):
+    same = [runs.RunData(tmp_path / f"r{i}", config={"loss": "akl"}, steps=[{}, {}],
+                         summary={"started": 0.0}) for i in range(3)]
+    other = runs.RunData(tmp_path / "o", config={"loss": "fkl"}, steps=[{}],
+                         summary={"started": 0.0})
+    labels = runs.run_labels([same[0], other, same[1], same[2]])
+    base = runs.run_label(same[0])
+    assert base.startswith("akl - 2 steps - ")
+    assert labels == [base, runs.run_label(other), f"{base} (2)", f"{base} (3)"]
+    assert runs.numbered([]) == []
+
+
 WRITER = textwrap.dedent(
     """
     import sys, time

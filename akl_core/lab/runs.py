@@ -685,15 +685,20 @@ def run_label(run: RunData) -> str:
     return f"{loss} - {steps} step{'s' if steps != 1 else ''} - {when}"
 
 
-def run_labels(runs: Iterable[RunData]) -> list[str]:
-    """run_label of each run, made unique with " (2)", " (3)", ... in order."""
+def numbered(labels: Iterable[str]) -> list[str]:
+    """The labels made unique in order: a label's second and later occurrences get " (2)",
+    " (3)", ..."""
     seen: dict[str, int] = {}
     out = []
-    for r in runs:
-        label = run_label(r)
+    for label in labels:
         seen[label] = seen.get(label, 0) + 1
         out.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
     return out
+
+
+def run_labels(runs: Iterable[RunData]) -> list[str]:
+    """run_label of each run, made unique with " (2)", " (3)", ... in order."""
+    return numbered(run_label(r) for r in runs)
 
 
 def race_id(run: RunData) -> str | None:

@@ -17,6 +17,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .runs import numbered
+
 __all__ = [
     "LOSS_COLORS",
     "LABELS",
@@ -375,13 +377,7 @@ def topk_label(token: Any) -> str:
 
 def _unique_labels(rows: Sequence[Sequence[Any]]) -> list[str]:
     """Bar labels of a top-k list, made unique by occurrence (two ids can decode alike)."""
-    seen: dict[str, int] = {}
-    out = []
-    for tok, _ in rows:
-        label = topk_label(tok)
-        seen[label] = seen.get(label, 0) + 1
-        out.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
-    return out
+    return numbered(topk_label(tok) for tok, _ in rows)
 
 
 def topk_figure(
