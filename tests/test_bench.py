@@ -60,3 +60,26 @@ def test_contention_jobs_start_and_stop():
     finally:
         bench_losses.stop_contention(jobs)
     assert jobs[0].poll() is not None
+
+
+def test_stats_passes_benchmark_sums_its_passes(tmp_path):
+    out = tmp_path / "passes.md"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_stats_passes.py"), "--data", "random",
+           "--n", "256", "--v", "4096", "--rounds", "1", "--conditions", "1", "--cache",
+           str(tmp_path), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = out.read_text()
+    assert "one chunk of 256 x 4096" in text and "### 1 thread" in text
+    ms = {}
+    for line in text.splitlines():
+        if line.startswith("| ") and not line.startswith("| pass"):
+            cells = [c.strip(" *") for c in line.strip("|").split("|")]
+            if cells[1] and cells[1][0].isdigit():
+                ms[cells[0]] = float(cells[1])
+    for group in ("loss", "stats"):
+        parts = [t for name, t in ms.items() if name.startswith(f"{group}: ")]
+        assert len(parts) == 5
+        assert abs(sum(parts) - ms[f"{group} passes"]) <= 0.005 * (len(parts) + 1)  # rounding
+    assert "Floor: 5 separate reads at row-sum speed +" in text
