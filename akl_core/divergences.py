@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ._dists import LOG_FLOOR, Dists, make_dists, rowdot, rowdot_pair, with_student
-from .headtail import BOUNDARIES, MU_MAX, gaps_and_weight
+from .headtail import BOUNDARIES, MU_MAX, gaps_and_weight, l1_distance
 
 KernelResult = tuple[torch.Tensor, "torch.Tensor | None"]
 Kernel = Callable[..., KernelResult]
@@ -177,10 +177,10 @@ def akl_r(d: Dists, need_grad: bool, mu: float, boundary: str) -> KernelResult:
 
 def tvd(d: Dists, need_grad: bool) -> KernelResult:
     """Total variation distance 1/2 sum |p - q|; gradient with h = q sign(q - p) / 2."""
-    h = torch.sub(d.q, d.p, out=d.grad_buffer())
-    value = 0.5 * torch.linalg.vector_norm(h, 1, dim=-1)
+    value = 0.5 * l1_distance(d.q, d.p)
     if not need_grad:
         return value, None
+    h = torch.sub(d.q, d.p, out=d.grad_buffer())
     return value, _softmax_grad(d, h.sign_().mul_(d.q).mul_(0.5 * _take_scale(d)))
 
 

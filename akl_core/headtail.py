@@ -17,6 +17,7 @@ chunk runner the positions past the first top-k are left for one exact pass at t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -194,18 +195,39 @@ def _head_stats_fast(
     return HeadStats(g_head=g_head, head_size=head_size, head_mass=head_mass)
 
 
+@functools.lru_cache(maxsize=64)
+def l1_block(vocab: int) -> int:
+    """The block length that `l1_distance` splits rows of `vocab` entries into: the largest
+    divisor of vocab from 256 to 2048, or vocab itself when it has none (or is shorter)."""
+    for size in range(min(2048, vocab // 2), 255, -1):
+        if vocab % size == 0:
+            return size
+    return vocab
+
+
 def l1_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sum |a - b| per row of `[R, V]` tensors, without an `[R, V]` temporary."""
-    return torch.cdist(a.unsqueeze(-2), b.unsqueeze(-2), p=1).view(a.shape[:-1])
+    """sum |a - b| per row of `[R, V]` tensors, without an `[R, V]` temporary.
+
+    Contiguous rows go as blocks of `l1_block(V)` entries (one cdist over `[R * V / n, 1, n]`,
+    then a sum of the block sums): cdist sums each row in one running float32 total, which on
+    real 49152-entry rows is up to 1.6e-4 off (relative), against ~6e-6 in blocks, and the
+    blocks are no slower."""
+    rows, vocab = a.shape
+    size = l1_block(vocab)
+    if size == vocab or not (a.is_contiguous() and b.is_contiguous()):
+        return torch.cdist(a.unsqueeze(-2), b.unsqueeze(-2), p=1).view(rows)
+    blocks = rows * (vocab // size)
+    sums = torch.cdist(a.view(blocks, 1, size), b.view(blocks, 1, size), p=1)
+    return sums.view(rows, vocab // size).sum(-1)
 
 
 def gaps_and_weight(
-    d: Dists, mu: float, boundary: str, delta: torch.Tensor | None = None
+    d: Dists, mu: float, boundary: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, HeadStats]:
     """g_head, g_tail and the AKL weight w on FKL (`[R]` each) for a chunk; q detached.
 
     Recorded in `d.found` (with head_size and head_mass; computed once per chunk and
-    (mu, boundary)) for return_stats. `delta` may pass in q - p when the caller has it.
+    (mu, boundary)) for return_stats.
     """
     found = d.found
     found["head_used"] = True  # tells the runner that the caller depends on the head split
@@ -219,10 +241,7 @@ def gaps_and_weight(
                                  d.teacher_maxima())
     else:
         stats = head_stats(d.p, q, mu, boundary, top=(d.top_p, d.top_idx))
-    if delta is None:
-        total = l1_distance(q, d.p)
-    else:
-        total = torch.linalg.vector_norm(delta.detach(), 1, dim=-1)
+    total = l1_distance(q, d.p)
     g_tail = (total - stats.g_head).clamp_min(0.0)
     w = torch.where(total > 0, stats.g_head / total.clamp_min(torch.finfo(total.dtype).tiny), 0.5)
     found.update(g_head=stats.g_head, g_tail=g_tail, w=w, head_size=stats.head_size,

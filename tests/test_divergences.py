@@ -263,3 +263,17 @@ def test_ab_fast_form_equals_the_careful_form_and_leaves_close_rows_open(alpha, 
     grad = grad * fast.grad_scale  # the scale the kernel did not fold in, if any
     grad_ref = grad_ref * careful.grad_scale
     torch.testing.assert_close(grad[:5], grad_ref[:5], rtol=1e-9, atol=1e-12)
+
+
+def test_long_rows_sum_to_float32_accuracy():
+    # 49152-entry rows: TVD and AKL's weight rest on sum |p - q|, which one running float32
+    # total gets ~1e-4 wrong here (akl_core.headtail.l1_distance sums in blocks)
+    g = torch.Generator().manual_seed(0)
+    s, t = (torch.randn(8, 49152, generator=g) * 4 for _ in range(2))
+    p, q = torch.softmax(t.double(), -1), torch.softmax(s.double(), -1)
+    l1 = (p - q).abs().sum(-1)
+    got = akl_core.divergence("tvd", s, t).double()
+    assert ((got - l1 / 2).abs() / (l1 / 2)).max() < 1e-5
+    ht = akl_core.head_tail(s, t)
+    total = (ht.g_head + ht.g_tail).double()
+    assert ((total - l1).abs() / l1).max() < 1e-5
