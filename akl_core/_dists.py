@@ -140,6 +140,20 @@ def rowdot_pair(
     return out[:, 0], out[:, 1]
 
 
+def rowdot_two(
+    a: torch.Tensor, x: torch.Tensor, b: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rowdot(a, x), rowdot(b, y)), in one batched GEMM over 2R rows when a, b and x, y each
+    lie back to back in one buffer (`make_dists`' q, p and lq, lp of a whole chunk)."""
+    ab, xy = stacked(a, b), stacked(x, y)
+    rows = a.shape[0]
+    if (ab is None or xy is None or ab.stride(1) != a.numel() or xy.stride(1) != x.numel()):
+        return rowdot(a, x), rowdot(b, y)
+    flat = (2 * rows, a.shape[1])
+    both = rowdot(ab.transpose(0, 1).reshape(flat), xy.transpose(0, 1).reshape(flat))
+    return both[:rows], both[rows:]
+
+
 def log_probs(scaled_logits: torch.Tensor) -> torch.Tensor:
     """Floored log-softmax over the last dimension."""
     return torch.log_softmax(scaled_logits, dim=-1).clamp_min(LOG_FLOOR)

@@ -51,7 +51,7 @@ from ._checks import (
     check_temperature,
     compute_dtype,
 )
-from ._dists import BUFFERS, Dists, make_dists, rowdot_pair
+from ._dists import BUFFERS, Dists, make_dists, rowdot_two
 from ._masking import check_masks
 from .divergences import LOSSES, Kernel, LossSpec, get_loss, kl_pair
 from .headtail import gaps_and_weight, head_tail
@@ -90,10 +90,11 @@ def _chunk_stats(d: Dists, mu: float, boundary: str) -> None:
     """The KDStats fields of a chunk into `d.found` (`[R]` each). Runs before the kernel, which
     then reuses them (the head split, FKL, RKL and the log-ratio) instead of recomputing."""
     gaps_and_weight(d, mu, boundary)
-    fkl, _ = kl_pair(d)
-    # one batched GEMM: sum q log q and sum p log q; sum p log p = FKL + sum p log q
-    q_lq, p_lq = rowdot_pair(d.q, d.p, d.lq)
-    d.found["student_entropy"], d.found["teacher_entropy"] = -q_lq, -(fkl + p_lq)
+    kl_pair(d)
+    # sum q log q and sum p log p, each directly: -(FKL + sum p log q) would save a read but
+    # cancels where the teacher is confident (1% off at H(p) = 1e-3 on real rows)
+    q_lq, p_lp = rowdot_two(d.q, d.lq, d.p, d.lp)
+    d.found["student_entropy"], d.found["teacher_entropy"] = -q_lq, -p_lp
 
 
 def _put(out: torch.Tensor, index: slice | torch.Tensor, value: torch.Tensor) -> None:

@@ -7,9 +7,9 @@ Times, on one chunk of the size the chunk runner picks for N positions (akl_core
 .chunk_rows), each pass of FKL's forward+backward and each pass that return_stats adds, with
 akl_core's own functions: all passes once per round, `--rounds` rounds, the median per pass.
 Beside them, the cheapest full read of one `[R, V]` array that PyTorch offers (a row sum):
-the stats must read at least 5 such arrays in separate passes (the teacher's log-probs for
-its top-1; q - p for the L1 gap; q, p and log q for the entropies), 4 if one fused pass read
-them all, so `reads x row sum / loss passes` is a floor on their cost that no rearrangement
+the stats must read at least 6 such arrays in separate passes (the teacher's log-probs for
+its top-1; q - p for the L1 gap; q, log q, p and log p for the entropies), 4 if one fused pass
+read them all, so `reads x row sum / loss passes` is a floor on their cost that no rearrangement
 of PyTorch ops gets under. Conditions as in bench_losses.py: 1 thread, 2 threads, and 2
 threads beside `--contention` processes that loop a 2-thread matmul.
 """
@@ -33,12 +33,12 @@ import bench_inputs  # noqa: E402
 import torch  # noqa: E402
 from bench_losses import CONDITIONS, start_contention, stop_contention  # noqa: E402
 
-from akl_core._dists import BUFFERS, make_dists, rowdot_pair  # noqa: E402
+from akl_core._dists import BUFFERS, make_dists, rowdot_pair, rowdot_two  # noqa: E402
 from akl_core._topk import block_maxima, top1_index  # noqa: E402
 from akl_core.headtail import _head_stats_fast, l1_distance  # noqa: E402
 from akl_core.losses import chunk_rows  # noqa: E402
 
-SEPARATE_READS, FUSED_READS = 5, 4
+SEPARATE_READS, FUSED_READS = 6, 4
 
 
 def passes(student: torch.Tensor, teacher: torch.Tensor, mu: float = 0.5
@@ -66,7 +66,7 @@ def passes(student: torch.Tensor, teacher: torch.Tensor, mu: float = 0.5
             "top-64 of rows whose top-1 < mu": lambda: _head_stats_fast(
                 d.p, d.q, mu, "reference", top, torch.zeros(rows, dtype=torch.bool), maxima),
             "L1 gap (cdist)": lambda: l1_distance(d.q, d.p),
-            "entropies: one batched GEMM": lambda: rowdot_pair(d.q, d.p, d.lq),
+            "entropies: one batched GEMM": lambda: rowdot_two(d.q, d.lq, d.p, d.lp),
         },
         "reference": {"row sum of one [R, V] array": lambda: d.q.sum(-1)},
     }

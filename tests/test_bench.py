@@ -82,4 +82,4 @@ def test_stats_passes_benchmark_sums_its_passes(tmp_path):
         parts = [t for name, t in ms.items() if name.startswith(f"{group}: ")]
         assert len(parts) == 5
         assert abs(sum(parts) - ms[f"{group} passes"]) <= 0.005 * (len(parts) + 1)  # rounding
-    assert "Floor: 5 separate reads at row-sum speed +" in text
+    assert "Floor: 6 separate reads at row-sum speed +" in text

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from akl_core._dists import BUFFERS, make_dists, rowdot, rowdot_pair, stacked
+from akl_core._dists import BUFFERS, make_dists, rowdot, rowdot_pair, rowdot_two, stacked
 
 
 def _dists(rows: int = 7, vocab: int = 1000, dtype: torch.dtype = torch.float32):
@@ -41,3 +41,14 @@ def test_rowdot_takes_non_contiguous_rows() -> None:
     torch.testing.assert_close(rowdot(a, b).double(), (a.double() * b.double()).sum(-1),
                                rtol=1e-5, atol=0)
     assert BUFFERS == 4
+
+
+def test_rowdot_two_matches_two_rowdots_in_one_gemm_or_two() -> None:
+    d = _dists()
+    part = make_dists(d.lq[:3], d.lp[:3], 1.0, torch.float32,
+                      buffers=torch.empty(BUFFERS, 5, 1000)[:, :3])  # a short last chunk
+    for dd in (d, part):  # one GEMM over 2R rows; two where the slots are not back to back
+        a, b = rowdot_two(dd.q, dd.lq, dd.p, dd.lp)
+        for got, x, y in ((a, dd.q, dd.lq), (b, dd.p, dd.lp)):
+            torch.testing.assert_close(got.double(), (x.double() * y.double()).sum(-1),
+                                       rtol=1e-5, atol=0)
