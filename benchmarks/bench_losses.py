@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
@@ -100,7 +101,7 @@ def run_worker(args: argparse.Namespace) -> dict:
     value = float(loss.detach())
     del loss
     # The baseline runs in the same process, interleaved with the case (case, baseline, case,
-    # ...): a neighbour's load that comes and goes slows both alike. The ratio is the median
+    # ...; see the order below): a neighbour's load that comes and goes slows both alike. The ratio is the median
     # of the ratios of adjacent runs, so a slow phase that hits one pair does not move it.
     # A case with `versus` (return_stats vs the loss alone) interleaves that case too.
     interleave = args.worker != BASELINE
@@ -122,7 +123,8 @@ def run_worker(args: argparse.Namespace) -> dict:
     times, peaks = [], []
     other_times: dict[str, list[float]] = {name: [] for name, _, _ in built}
     resettable = _reset_peak()
-    for _ in range(args.repeats):
+
+    def run_case() -> None:
         clear()
         base = _status_kib("VmRSS")
         _reset_peak()  # without it, VmHWM is the peak since start: an upper bound
@@ -130,11 +132,21 @@ def run_worker(args: argparse.Namespace) -> dict:
         fn().backward()
         times.append(time.perf_counter() - start)
         peaks.append((_status_kib("VmHWM") - base) * 1024)
-        for name, _, other_fn in built:
-            clear()
-            start = time.perf_counter()
-            other_fn().backward()
-            other_times[name].append(time.perf_counter() - start)
+
+    def run_other(name: str, other_fn: Any) -> None:
+        clear()
+        start = time.perf_counter()
+        other_fn().backward()
+        other_times[name].append(time.perf_counter() - start)
+
+    # Every other repeat runs in reverse order (case, baseline, versus / versus, baseline,
+    # case): what runs just before a call (the baseline's 5x memory, page faults) then falls
+    # on each alike. In one fixed order, return_stats on akl under contention read +16-21%
+    # in runs where alternating read +8% (and an A/B of the akl cases alone +4%).
+    steps = [run_case] + [lambda n=name, f=other_fn: run_other(n, f) for name, _, other_fn in built]
+    for repeat in range(args.repeats):
+        for run in steps if repeat % 2 == 0 else steps[::-1]:
+            run()
     out = {"time": statistics.median(times), "times": times, "peak": max(peaks),
            "value": value, "peak_exact": resettable}
     if interleave:
@@ -345,7 +357,7 @@ def main() -> None:
         f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'unset')}, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; started {started}.",
         "time: forward+backward as a multiple of `torch fkl` timed interleaved with it in the "
-        "case's own process (case, baseline, case, ...); mem: "
+        "case's own process (case, baseline, then the reverse, ...); mem: "
         "peak RSS above the step's start, as a multiple of the logits' size.",
         f"Liger: {liger_note}. TRL: {trl_note}.",
         "",
