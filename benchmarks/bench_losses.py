@@ -100,9 +100,9 @@ def run_worker(args: argparse.Namespace) -> dict:
     loss.backward()  # warm-up
     value = float(loss.detach())
     del loss
-    # The baseline runs in the same process, interleaved with the case (case, baseline, case,
-    # ...; see the order below): a neighbour's load that comes and goes slows both alike. The ratio is the median
-    # of the ratios of adjacent runs, so a slow phase that hits one pair does not move it.
+    # The baseline runs in the same process, interleaved with the case (see the order below):
+    # a neighbour's load that comes and goes slows both alike. The ratio is the median of the
+    # ratios of adjacent runs, so a slow phase that hits one pair does not move it.
     # A case with `versus` (return_stats vs the loss alone) interleaves that case too.
     interleave = args.worker != BASELINE
     others = [(BASELINE, base_case)] if interleave else []

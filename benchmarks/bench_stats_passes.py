@@ -48,9 +48,8 @@ def passes(student: torch.Tensor, teacher: torch.Tensor, mu: float = 0.5
     buffers = torch.empty((BUFFERS, rows, vocab))
     grad = torch.empty(rows, vocab)
     d = make_dists(student, teacher, 1.0, torch.float32, buffers=buffers)
-    maxima = block_maxima(d.lp)
-    top_idx = top1_index(d.lp, maxima)
-    top = (d.p.gather(-1, top_idx.unsqueeze(-1)).squeeze(-1), top_idx)
+    maxima = d.teacher_maxima()
+    top = (d.top_p, d.top_idx)
     return {
         "loss": {
             "log-softmax x2, exp (make_dists)":
